@@ -1,0 +1,1 @@
+"""Calibration data readers and calibration methods (installed as `edgepack.calibration`)."""

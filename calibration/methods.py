@@ -1,0 +1,42 @@
+"""Calibration methods: one small frozen class each, chosen by `name` in the recipe."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Method(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MinMax(_Method):
+    """Range = observed min and max of each activation."""
+
+    name: Literal["minmax"] = "minmax"
+
+
+class Percentile(_Method):
+    """Range clipped to the p-th percentile of each activation's absolute values."""
+
+    name: Literal["percentile"] = "percentile"
+    percentile: float = Field(99.999, gt=50.0, lt=100.0)
+
+
+class Entropy(_Method):
+    """Range minimising KL divergence between float and quantized histograms (TensorRT style).
+
+    `num_bins` histogram bins are folded into `num_quantized_bins`; with equal counts
+    (onnxruntime's default of 128/128) the search space is a single candidate and the result
+    equals MinMax, so we require more histogram bins than quantized bins.
+    """
+
+    name: Literal["entropy"] = "entropy"
+    num_bins: int = Field(2048, ge=256, le=16384)
+    num_quantized_bins: int = Field(128, ge=16, le=255)
+
+
+CalibrationMethod = Annotated[Union[MinMax, Percentile, Entropy], Field(discriminator="name")]
+
+METHOD_NAMES = ("minmax", "percentile", "entropy")

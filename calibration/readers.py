@@ -1,0 +1,146 @@
+"""Readers: turn a data file or a Python callable into named numpy arrays (all samples)."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Union
+
+import numpy as np
+
+from edgepack.errors import DataError, MissingDependencyError
+
+Columns = Mapping[str, Union[str, list[str]]]
+
+
+def read_arrays(path: Path, *, wanted: list[str], columns: Optional[Columns] = None) -> dict[str, np.ndarray]:
+    """Read the arrays named in `wanted` that the file has (callers check for required ones)."""
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path, wanted)
+    if suffix == ".npy":
+        return _read_npy(path, wanted)
+    if suffix in (".csv", ".parquet", ".pq"):
+        return _read_table(path, wanted, columns or {})
+    raise DataError(f"{path}: unsupported data format '{suffix}'; expected .npz, .npy, .csv or .parquet")
+
+
+def _read_npz(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in wanted if name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read .npz archive: {exc}") from exc
+
+
+def _read_npy(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read .npy array: {exc}") from exc
+    return {wanted[0]: array}
+
+
+def _read_table(path: Path, wanted: list[str], columns: Columns) -> dict[str, np.ndarray]:
+    frame = _load_table(path)
+    available = list(frame)
+    arrays: dict[str, np.ndarray] = {}
+    for name in wanted:
+        selection = columns.get(name, name)
+        names = _select_columns(selection, available)
+        if not names:
+            continue
+        try:
+            block = np.stack([np.asarray(frame[column]) for column in names], axis=1)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}: columns for '{name}' are not numeric: {exc}") from exc
+        arrays[name] = block[:, 0] if isinstance(selection, str) and not _is_pattern(selection) else block
+    return arrays
+
+
+def _is_pattern(selection: str) -> bool:
+    return any(ch in selection for ch in "*?[")
+
+
+def _select_columns(selection: Union[str, list[str]], available: list[str]) -> list[str]:
+    if isinstance(selection, list):
+        unknown = [column for column in selection if column not in available]
+        if unknown:
+            raise DataError(f"columns not in the table: {', '.join(unknown[:5])}")
+        return selection
+    if _is_pattern(selection):
+        return [column for column in available if fnmatch.fnmatchcase(column, selection)]
+    return [selection] if selection in available else []
+
+
+def _load_table(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix.lower() == ".csv":
+        try:
+            data = np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read CSV: {exc}") from exc
+        if data.dtype.names is None or data.size == 0:
+            raise DataError(f"{path}: CSV has no header row or no data rows")
+        data = np.atleast_1d(data)
+        return {name: data[name] for name in data.dtype.names}
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError as exc:
+        raise MissingDependencyError("reading parquet data", "pyarrow", "parquet") from exc
+    try:
+        table = parquet.read_table(path)
+    except Exception as exc:  # pyarrow raises many unrelated types for corrupt files
+        raise DataError(f"{path}: cannot read parquet: {exc}") from exc
+    return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+    """Call `module:function` (imported with the recipe's folder on sys.path) and concatenate its batches.
+
+    The callable returns an iterable of batches, each a mapping of name -> array.
+    """
+    function = import_object(spec, base_dir=base_dir, what="data callable")
+    try:
+        batches: Iterable = function()
+        collected: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+        for batch in batches:
+            if not isinstance(batch, Mapping):
+                raise DataError(f"data callable {spec}: each batch must be a mapping of input name to array, "
+                                f"got {type(batch).__name__}")
+            for name in wanted:
+                if name in batch:
+                    collected[name].append(np.asarray(batch[name]))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"data callable {spec} failed: {type(exc).__name__}: {exc}") from exc
+    return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
+
+
+def import_object(spec: str, *, base_dir: Path, what: str) -> Callable:
+    """Import `package.module:attribute`, trying the recipe's folder first for local modules."""
+    module_name, _, attribute = spec.partition(":")
+    added = str(base_dir) not in sys.path
+    if added:
+        sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise _import_error(what, spec, exc) from exc
+    finally:
+        if added:
+            sys.path.remove(str(base_dir))
+    if not hasattr(module, attribute):
+        raise _import_error(what, spec, AttributeError(f"module '{module_name}' has no attribute '{attribute}'"))
+    return getattr(module, attribute)
+
+
+def _import_error(what: str, spec: str, exc: Exception) -> Exception:
+    from edgepack.errors import ModelLoadError
+
+    error_cls = ModelLoadError if what == "model factory" else DataError
+    return error_cls(f"cannot import {what} '{spec}': {type(exc).__name__}: {exc}")

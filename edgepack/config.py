@@ -1,0 +1,255 @@
+"""Recipe schema: the whole recipe is validated here before any heavy work starts."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
+
+from edgepack.calibration.methods import CalibrationMethod, MinMax
+from edgepack.errors import ConfigError
+
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
+TASKS_IMPLEMENTED = ("classification",)
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path.resolve()
+
+
+RecipePath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Section):
+    """One model input: its name, element type and shape with a symbolic batch dimension."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    dtype: Literal[DTYPES]  # type: ignore[valid-type]
+    shape: list[Union[int, str]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _batch_first(self) -> "InputSpec":
+        if not isinstance(self.shape[0], str):
+            raise ValueError(f"shape[0] must be a symbolic batch name such as 'batch', got {self.shape[0]!r}")
+        for dim in self.shape[1:]:
+            if not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"dimensions after the batch must be positive integers, got {dim!r}")
+        return self
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (without the batch dimension)."""
+        return tuple(int(d) for d in self.shape[1:])
+
+
+class ModelSource(_Section):
+    """Where the float model comes from: a factory plus weights, an ONNX file, or (opt-in) a pickle."""
+
+    factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Optional[RecipePath] = None
+    onnx: Optional[RecipePath] = None
+    pickle: Optional[RecipePath] = None
+    allow_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSource":
+        given = [k for k in ("factory", "onnx", "pickle") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'factory' (with 'weights'), 'onnx' or 'pickle'; got "
+                             + (", ".join(given) or "none"))
+        if self.factory is not None and self.weights is None:
+            raise ValueError("'factory' needs 'weights' (a .safetensors file or a state dict .pt/.pth)")
+        if self.pickle is not None and not self.allow_pickle:
+            raise ValueError("'pickle' loads a whole pickled module, which executes code from the file; "
+                             "set 'allow_pickle: true' if you trust it")
+        return self
+
+
+class DataSource(_Section):
+    """A data file (.npz/.npy/.csv/.parquet) or a Python callable yielding batches."""
+
+    path: Optional[RecipePath] = None
+    callable: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    columns: Optional[dict[str, Union[str, list[str]]]] = None
+    samples: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSource":
+        if (self.path is None) == (self.callable is None):
+            raise ValueError("give exactly one of 'path' or 'callable'")
+        return self
+
+
+class CalibrationConfig(DataSource):
+    """Calibration data and the method that turns it into activation ranges."""
+
+    samples: Optional[int] = Field(512, ge=1)
+    method: CalibrationMethod = Field(default_factory=MinMax)
+
+
+class EvaluationConfig(DataSource):
+    """Held-out data with labels, used to measure drift."""
+
+    labels: str = "label"
+    batch_size: int = Field(256, ge=1)
+
+
+class QuantizationConfig(_Section):
+    """Post-training static quantization settings."""
+
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8"] = "int8"
+
+
+class Budget(_Section):
+    """Drift budget: a target fails when any given bound is exceeded."""
+
+    max_accuracy_drop: Optional[float] = Field(0.5, ge=0.0, description="percentage points")
+    min_top1_agreement: Optional[float] = Field(0.99, ge=0.0, le=1.0)
+    max_kl: Optional[float] = Field(None, ge=0.0)
+    max_relative_l2: Optional[float] = Field(None, ge=0.0)
+
+
+class LatencyConfig(_Section):
+    """How latency is measured."""
+
+    batch_size: int = Field(64, ge=1)
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(20, ge=1)
+    threads: int = Field(2, ge=1)
+
+
+class Recipe(_Section):
+    """A validated recipe."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Literal["classification", "ctr", "ranking"] = "classification"
+    model: ModelSource
+    inputs: list[InputSpec] = Field(min_length=1)
+    calibration: CalibrationConfig
+    evaluation: EvaluationConfig
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    targets: list[str] = Field(default_factory=lambda: ["x86"], min_length=1)
+    budget: Budget = Field(default_factory=Budget)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    output: Optional[Path] = None  # relative to the working directory, like --out
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.task not in TASKS_IMPLEMENTED:
+            raise ValueError(f"task '{self.task}' is part of the schema but not implemented in this version; "
+                             f"use one of {', '.join(TASKS_IMPLEMENTED)}")
+        names = [spec.name for spec in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        for section in (self.calibration, self.evaluation):
+            for column_input in (section.columns or {}):
+                if column_input not in names:
+                    raise ValueError(f"columns maps unknown input '{column_input}'; inputs are {names}")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder of the recipe file: relative paths and local modules are found from here."""
+        return self._base_dir
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the model inputs, in order."""
+        return [spec.name for spec in self.inputs]
+
+
+def _allowed_keys(model: Any, loc: tuple) -> list[str]:
+    """Field names valid at `loc` inside `model`, following lists, dicts and unions."""
+    candidates = [model]
+    for part in loc:
+        next_candidates = []
+        for candidate in candidates:
+            for cls in _model_classes(candidate):
+                if isinstance(part, str) and part in cls.model_fields:
+                    next_candidates.append(cls.model_fields[part].annotation)
+            if isinstance(part, int) or not _model_classes(candidate):
+                next_candidates.extend(typing.get_args(candidate))
+        candidates = next_candidates
+    keys: list[str] = []
+    for candidate in candidates:
+        for cls in _model_classes(candidate):
+            keys.extend(cls.model_fields)
+    return keys
+
+
+def _model_classes(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_model_classes(arg))
+    return found
+
+
+def _format_error(source: str, error: dict) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Recipe, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of {', '.join(sorted(set(allowed)))}"
+        return f"{source}: unknown key '{where}'{hint}"
+    message = re.sub(r"^Value error, ", "", error["msg"])
+    if error["type"] == "missing":
+        return f"{source}: missing required key '{where}'"
+    got = error.get("input")
+    got_text = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"{source}: field '{where}': {message}{got_text}"
+
+
+def parse_recipe(data: Any, *, source: str, base_dir: Path) -> Recipe:
+    """Validate recipe data; every problem becomes one ConfigError naming the file and field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of recipe keys at the top level")
+    try:
+        recipe = Recipe.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        lines = [_format_error(source, err) for err in exc.errors()]
+        raise ConfigError("; ".join(lines)) from exc
+    recipe._base_dir = base_dir
+    return recipe
+
+
+def load_recipe(path: Path | str, *, output: Path | None = None, targets: tuple[str, ...] = ()) -> Recipe:
+    """Read, validate and resolve a recipe file, applying command-line overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read recipe: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if isinstance(data, dict):
+        data = dict(data)
+        if output is not None:
+            data["output"] = output
+        if targets:
+            data["targets"] = list(targets)
+        data["output"] = str(Path(data.get("output") or f"dist/{data.get('name', 'bundle')}").resolve())
+    return parse_recipe(data, source=str(path), base_dir=path.parent.resolve())

@@ -1,0 +1,72 @@
+"""Float ONNX export with a dynamic batch axis, checked against PyTorch before anything else uses it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edgepack.errors import ExportError
+from edgepack.runners import OrtRunner, TorchRunner
+
+OPSET = 20
+ATOL = 1e-4
+RTOL = 1e-3
+
+
+def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.ndarray], path: Path) -> Path:
+    """Export `module` to a single-file fp32 ONNX model whose batch dimension is symbolic."""
+    names = [spec.name for spec in inputs]
+    args = tuple(torch.from_numpy(example[name]) for name in names)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic_shapes = tuple({0: batch} for _ in names)
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                module.eval(), args, dynamo=True, input_names=names, output_names=["output"],
+                dynamic_shapes=dynamic_shapes, opset_version=OPSET, optimize=True, verbose=False,
+            )
+            program.save(str(path), external_data=False)
+    except Exception as exc:
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def check_against_torch(module: torch.nn.Module, path: Path, inputs, batch: dict[str, np.ndarray],
+                        *, threads: int) -> float:
+    """Run the same batch through PyTorch and the ONNX model; fail with the max difference if they differ."""
+    names = [spec.name for spec in inputs]
+    expected = TorchRunner(module, names, threads)(batch)
+    actual = OrtRunner(path, threads=threads)(batch)
+    worst = 0.0
+    for index, (want, got) in enumerate(zip(expected, actual)):
+        if want.shape != got.shape:
+            raise ExportError(f"ONNX output {index} has shape {list(got.shape)}, PyTorch gives {list(want.shape)}")
+        difference = float(np.max(np.abs(want.astype(np.float64) - got)))
+        worst = max(worst, difference)
+        if not np.allclose(got, want, atol=ATOL, rtol=RTOL):
+            raise ExportError(f"fp32 ONNX does not match PyTorch on output {index}: max abs difference "
+                              f"{difference:.3g} (tolerance atol={ATOL}, rtol={RTOL})")
+    return worst
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress and warnings of its own; keep our output readable."""
+    stream = io.StringIO()
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,72 @@
+"""Runners: numpy in, numpy out. Verification works on any of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from edgepack.errors import MissingDependencyError
+
+Feeds = dict[str, np.ndarray]
+
+
+class Runner(Protocol):
+    """Anything that maps a batch of named numpy inputs to a list of numpy outputs."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def __call__(self, feeds: Feeds) -> list[np.ndarray]:
+        """Run one batch."""
+
+
+class TorchRunner:
+    """The float PyTorch model in eager mode."""
+
+    def __init__(self, module: torch.nn.Module, input_names: list[str], threads: int):
+        self.module = module.eval()
+        self.input_names = list(input_names)
+        self.output_names = ["output"]
+        self.threads = threads
+
+    def __call__(self, feeds: Feeds) -> list[np.ndarray]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                result = self.module(*(torch.from_numpy(feeds[name]) for name in self.input_names))
+        finally:
+            torch.set_num_threads(previous)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        return [output.detach().numpy() for output in outputs]
+
+
+def ort_session(path: Path, *, threads: int, disable_weight_requant: bool = False):
+    """An onnxruntime CPU session with a fixed thread count."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingDependencyError("running ONNX models", "onnxruntime", "x86") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if disable_weight_requant:
+        # ORT would otherwise quantize float Conv/Gemm weights fed by DequantizeLinear (see STACK.md).
+        options.add_session_config_entry("optimization.disable_specified_optimizers", "WeightBiasQuantization")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    """An ONNX model in onnxruntime on the CPU provider."""
+
+    def __init__(self, path: Path, *, threads: int):
+        self.session = ort_session(path, threads=threads)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.output_names = [node.name for node in self.session.get_outputs()]
+
+    def __call__(self, feeds: Feeds) -> list[np.ndarray]:
+        return self.session.run(None, {name: feeds[name] for name in self.input_names})

@@ -1,0 +1,1 @@
+"""Deployment targets, one module each (installed as `edgepack.targets`)."""

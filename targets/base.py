@@ -1,0 +1,69 @@
+"""The Target interface: what a deployment target needs, how it exports, how its artifacts run."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from edgepack.errors import ConfigError, MissingDependencyError
+from edgepack.runners import Runner
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file a target produced, with what an app developer needs to call it."""
+
+    target: str
+    path: Path
+    format: str
+    precision: str
+    runtime: str
+    runtime_version: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """Everything a target may use to build its artifacts."""
+
+    float_onnx: Path
+    module: Optional[Any]
+    inputs: list
+    calibration: Any
+    method: Any
+    quantization: Any
+    out_dir: Path
+
+
+class Target(ABC):
+    """A deployment target: one module in `targets/`, registered by name."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    extra: ClassVar[str]
+    required_modules: ClassVar[tuple[str, ...]]
+    calibration_methods: ClassVar[frozenset[str]]
+
+    def check_available(self) -> None:
+        """Raise MissingDependencyError naming the extra when a required package is missing."""
+        for module in self.required_modules:
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(f"target '{self.name}'", module, self.extra)
+
+    def check_recipe(self, recipe) -> None:
+        """Reject recipe settings this target cannot honour, before any heavy work."""
+        method = recipe.calibration.method.name
+        if method not in self.calibration_methods:
+            raise ConfigError(f"target '{self.name}' does not support calibration method '{method}' "
+                              f"(supported: {', '.join(sorted(self.calibration_methods))})")
+
+    @abstractmethod
+    def export(self, context: ExportContext) -> list[Artifact]:
+        """Build this target's artifacts into `context.out_dir`."""
+
+    @abstractmethod
+    def runner(self, path: Path, *, threads: int) -> Runner:
+        """A runner for an artifact this target produced."""
