@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edgepack.calibration.methods import CalibrationMethod, MinMax
 from edgepack.errors import ConfigError
+from edgepack.registry import check_target_name
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
 TASKS_IMPLEMENTED = ("classification",)
@@ -116,6 +117,8 @@ class QuantizationConfig(_Section):
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8"] = "int8"
+    keep_input_convs_float: bool = Field(
+        True, description="keep fp32 a Conv that reads the model input with a tiny reduction (e.g. 1-channel 3x3)")
 
 
 class Budget(_Section):
@@ -151,6 +154,18 @@ class Recipe(_Section):
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     output: Optional[Path] = None  # relative to the working directory, like --out
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        for name in targets:
+            try:
+                check_target_name(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"targets are listed more than once: {targets}")
+        return targets
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":

@@ -36,6 +36,7 @@ class ExportContext:
     method: Any
     quantization: Any
     out_dir: Path
+    scratch_dir: Path
 
 
 class Target(ABC):

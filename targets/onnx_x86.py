@@ -26,14 +26,15 @@ class X86Target(Target):
         path = context.out_dir / "model.int8.onnx"
         settings = QdqSettings(activation_type=context.quantization.activation_type,
                                weight_type=context.quantization.weight_type,
-                               per_channel=context.quantization.per_channel)
-        scratch = context.out_dir.parent / f".scratch-{self.name}"
-        scratch.mkdir(exist_ok=True)
-        quantize_qdq(context.float_onnx, path, calibration=context.calibration,
+                               per_channel=context.quantization.per_channel,
+                               keep_input_convs_float=context.quantization.keep_input_convs_float)
+        outcome = quantize_qdq(context.float_onnx, path, calibration=context.calibration,
                      input_names=[spec.name for spec in context.inputs], method=context.method,
-                     settings=settings, scratch=scratch)
+                     settings=settings, scratch=context.scratch_dir)
         details = describe_onnx(path)
         details["layout"] = "as exported (NCHW for images)"
+        details["float_nodes"] = list(outcome.float_nodes)
+        details["calibration_method"] = context.method.model_dump()
         return [Artifact(target=self.name, path=path, format="onnx", precision="int8-qdq",
                          runtime="onnxruntime", runtime_version=onnxruntime.__version__, details=details)]
 

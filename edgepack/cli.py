@@ -1,0 +1,84 @@
+"""The `edgepack` command: parses, calls the pipeline, prints. Errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from edgepack import __version__
+from edgepack.errors import EXIT_ERROR, EdgepackError
+
+
+def _handle_errors(command):
+    """Turn EdgepackErrors (and unexpected exceptions) into one line on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except EdgepackError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(__version__, prog_name="edgepack")
+def main(debug: bool) -> None:
+    """Turn a PyTorch model into verified deployment bundles for edge devices."""
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (overrides the recipe).")
+@click.option("--target", "targets", multiple=True, help="Build only this target (repeatable; overrides the recipe).")
+@click.option("--dump-config", is_flag=True, help="Print the validated recipe with defaults filled in, then exit.")
+@_handle_errors
+def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool) -> None:
+    """Quantize, export and verify RECIPE's model for each target; write a bundle."""
+    from edgepack.config import load_recipe
+
+    resolved = load_recipe(recipe, output=out, targets=targets)
+    if dump_config:
+        import yaml
+
+        click.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), nl=False)
+        return
+    from edgepack.pipeline import pack as run_pack
+    from edgepack.terminal import TerminalProgress, render_pack
+
+    result = run_pack(resolved, TerminalProgress())
+    render_pack(result)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--data", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Evaluation data (.npz/.npy/.csv/.parquet) with the bundle's input names.")
+@click.option("--labels", help="Name of the label array or column (default: the recipe's).")
+@click.option("--threads", default=2, show_default=True, help="Runtime threads.")
+@_handle_errors
+def verify(bundle: Path, data: Path, labels: str | None, threads: int) -> None:
+    """Re-check BUNDLE: file checksums, then drift of every artifact on DATA against the bundle's budget."""
+    from edgepack.terminal import render_bundle_check
+    from edgepack.verify_bundle import verify_bundle
+
+    check = verify_bundle(bundle, data, labels=labels, threads=threads)
+    render_bundle_check(check)
+    sys.exit(check.exit_code)

@@ -1,0 +1,41 @@
+"""Latency: median wall time of a runner on a fixed batch, after warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from edgepack.runners import Runner
+
+
+def make_batch(arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """The first `batch_size` samples, tiled when the data set is smaller."""
+    batch = {}
+    for name, array in arrays.items():
+        repeats = -(-batch_size // len(array))
+        tiled = np.concatenate([array] * repeats) if repeats > 1 else array
+        batch[name] = np.ascontiguousarray(tiled[:batch_size])
+    return batch
+
+
+def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeats: int) -> dict:
+    """Median and 90th percentile in milliseconds over `repeats` timed runs."""
+    for _ in range(warmup):
+        runner(batch)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runner(batch)
+        times.append((time.perf_counter() - started) * 1000.0)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "repeats": repeats, "warmup": warmup}
+
+
+def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings) -> dict:
+    """Latency at batch 1 and at the recipe's larger batch size."""
+    return {f"batch_{size}": measure(runner, make_batch(arrays, size), warmup=settings.warmup,
+                                     repeats=settings.repeats)
+            for size in sorted({1, settings.batch_size})}

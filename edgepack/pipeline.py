@@ -1,0 +1,190 @@
+"""The pack pipeline: recipe -> checked float reference -> per-target artifacts -> verified bundle."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgepack.bundle import MANIFEST, REPORT, sha256_file, staging, write_json
+from edgepack.calibration.dataset import SampleSet, load_sample_set
+from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, EdgepackError
+from edgepack.latency import measure_batches
+from edgepack.manifest import build_manifest
+from edgepack.model import LoadedModel, count_params_and_macs, load_model
+from edgepack.onnx_export import check_against_torch, export_float_onnx
+from edgepack.progress import Progress, SilentProgress
+from edgepack.registry import get_target
+from edgepack.report import render_markdown
+from edgepack.runners import OrtRunner, TorchRunner
+from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.verify import DriftReport, check_budget, classification_metrics, collect_outputs
+
+REFERENCE_DIR = "reference"
+REFERENCE_FILE = "model.fp32.onnx"
+
+
+@dataclass(frozen=True)
+class ArtifactResult:
+    """A verified artifact: where it is, what it weighs, how it drifted, how fast it ran."""
+
+    artifact: Artifact
+    relative_path: str
+    sha256: str
+    size_bytes: int
+    drift: DriftReport
+    latency: dict
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """Outcome of one target: its artifacts, or the error that stopped it."""
+
+    name: str
+    artifacts: tuple[ArtifactResult, ...] = ()
+    error: Optional[str] = None
+
+    @property
+    def status(self) -> str:
+        """'passed', 'failed' (drift over budget) or 'error'."""
+        if self.error is not None:
+            return "error"
+        return "passed" if all(result.drift.passed for result in self.artifacts) else "failed"
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """What `pack` produced."""
+
+    bundle: Path
+    manifest: dict
+    targets: tuple[TargetResult, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every target passed, EXIT_ERROR if any errored, else EXIT_DRIFT if any drifted."""
+        statuses = {result.status for result in self.targets}
+        if "error" in statuses:
+            return EXIT_ERROR
+        return EXIT_DRIFT if "failed" in statuses else EXIT_OK
+
+
+def resolve_targets(recipe) -> list[Target]:
+    """Instantiate the recipe's targets and check they are installed and can honour the recipe."""
+    targets = [get_target(name) for name in recipe.targets]
+    for target in targets:
+        target.check_available()
+        target.check_recipe(recipe)
+    return targets
+
+
+def load_data(recipe) -> tuple[SampleSet, SampleSet]:
+    """Calibration and evaluation sets, validated against the input spec."""
+    calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=recipe.base_dir)
+    evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=recipe.base_dir,
+                                 labels=recipe.evaluation.labels)
+    return calibration, evaluation
+
+
+def pack(recipe, progress: Progress = SilentProgress()) -> PackResult:
+    """Validate everything, build and verify every target's artifacts, and write the bundle."""
+    targets = resolve_targets(recipe)
+    with progress.step("reading calibration and evaluation data"):
+        calibration, evaluation = load_data(recipe)
+    warnings = calibration.warnings + evaluation.warnings
+    for warning in warnings:
+        progress.warn(warning)
+    with progress.step("loading the float model"):
+        loaded = load_model(recipe)
+    threads = recipe.latency.threads
+    with staging(recipe.output) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
+        reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
+        reference_path.parent.mkdir()
+        with progress.step("exporting and checking the fp32 ONNX reference"):
+            export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path, threads)
+        with progress.step("measuring the float model"):
+            source, reference_outputs = _measure_source(loaded, recipe, evaluation, reference_path)
+        results = []
+        for target in targets:
+            results.append(_run_target(target, recipe, loaded, calibration, evaluation, reference_outputs,
+                                       reference_path, stage, Path(scratch), progress))
+        reference_entry = {"path": f"{REFERENCE_DIR}/{REFERENCE_FILE}", "sha256": sha256_file(reference_path),
+                           "size_bytes": reference_path.stat().st_size, "format": "onnx", "precision": "fp32",
+                           "max_abs_difference_vs_torch": export_difference}
+        manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
+                                  calibration=calibration, evaluation=evaluation, warnings=warnings)
+        write_json(stage / MANIFEST, manifest)
+        (stage / REPORT).write_text(render_markdown(manifest))
+    return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
+
+
+def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Path, threads: int) -> Optional[float]:
+    """Write the fp32 ONNX every target starts from; for torch models check it against PyTorch."""
+    if loaded.module is None:
+        shutil.copyfile(loaded.onnx_path, path)
+        return None
+    sample = next(evaluation.batches())
+    export_float_onnx(loaded.module, recipe.inputs, {k: v[:2] for k, v in sample.items()}, path)
+    return check_against_torch(loaded.module, path, recipe.inputs, sample, threads=threads)
+
+
+def _float_runner(loaded: LoadedModel, recipe, reference_path: Path):
+    if loaded.module is not None:
+        return TorchRunner(loaded.module, recipe.input_names, recipe.latency.threads), "torch eager fp32"
+    return OrtRunner(reference_path, threads=recipe.latency.threads), "onnxruntime fp32"
+
+
+def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet, reference_path: Path) -> tuple[dict, np.ndarray]:
+    """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
+    runner, runtime = _float_runner(loaded, recipe, reference_path)
+    outputs = collect_outputs(runner, evaluation)
+    accuracy = float((outputs.argmax(axis=1) == evaluation.labels).mean())
+    source = {"kind": loaded.kind, "description": loaded.description, "runtime": runtime,
+              "metrics": {"accuracy": accuracy, "samples": int(len(outputs))},
+              "latency": measure_batches(runner, evaluation.arrays, recipe.latency),
+              "reference_onnx_latency": measure_batches(OrtRunner(reference_path, threads=recipe.latency.threads),
+                                                        evaluation.arrays, recipe.latency)}
+    if loaded.module is not None:
+        params, macs = count_params_and_macs(loaded.module, evaluation.arrays, recipe.input_names)
+        source.update(params=params, macs=macs,
+                      size_bytes=sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values()))
+    return source, outputs
+
+
+def _run_target(target: Target, recipe, loaded: LoadedModel, calibration: SampleSet, evaluation: SampleSet,
+                reference_outputs: np.ndarray, reference_path: Path, stage: Path, scratch: Path,
+                progress: Progress) -> TargetResult:
+    """Export, run and measure one target; an error here is recorded and the other targets go on."""
+    out_dir = stage / target.name
+    out_dir.mkdir()
+    scratch_dir = scratch / target.name
+    scratch_dir.mkdir()
+    context = ExportContext(float_onnx=reference_path, module=loaded.module, inputs=list(recipe.inputs),
+                            calibration=calibration, method=recipe.calibration.method,
+                            quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir)
+    try:
+        with progress.step(f"{target.name}: building artifacts"):
+            artifacts = target.export(context)
+        results = []
+        for artifact in artifacts:
+            with progress.step(f"{target.name}: verifying {artifact.path.name} on {evaluation.num_samples} samples"):
+                runner = target.runner(artifact.path, threads=recipe.latency.threads)
+                metrics = classification_metrics(reference_outputs, collect_outputs(runner, evaluation),
+                                                 evaluation.labels)
+                drift = check_budget(metrics, recipe.budget.model_dump())
+                latency = measure_batches(runner, evaluation.arrays, recipe.latency)
+            results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),
+                                          sha256=sha256_file(artifact.path), size_bytes=artifact.path.stat().st_size,
+                                          drift=drift, latency=latency))
+        return TargetResult(name=target.name, artifacts=tuple(results))
+    except EdgepackError as exc:
+        progress.warn(f"target '{target.name}' failed: {exc}")
+        return TargetResult(name=target.name, error=str(exc))
+    except Exception as exc:  # one broken target must not hide the others' results
+        progress.warn(f"target '{target.name}' failed: {type(exc).__name__}: {exc}")
+        return TargetResult(name=target.name, error=f"{type(exc).__name__}: {exc}")

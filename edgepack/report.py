@@ -1,0 +1,61 @@
+"""report.md: the manifest's measurements for people."""
+
+from __future__ import annotations
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.3f} MB"
+
+
+def _latency(latency: dict) -> str:
+    return " / ".join(f"{value['median_ms']:.2f} ms (b{key.split('_')[1]})" for key, value in latency.items())
+
+
+def render_markdown(manifest: dict) -> str:
+    """A readable summary: verdict, float baseline, one row per artifact, failed checks, provenance."""
+    source = manifest["source_model"]
+    reference = manifest["reference"]
+    verdict = "PASSED" if manifest["passed"] else "FAILED"
+    lines = [f"# edgepack bundle: {manifest['name']}", "",
+             f"**{verdict}** — task `{manifest['task']}`, created {manifest['created_utc']}", "",
+             "## Float model", "",
+             f"- source: {source['description']}",
+             f"- accuracy: {source['metrics']['accuracy']:.4f} on {source['metrics']['samples']} held-out samples"]
+    if "params" in source:
+        lines.append(f"- parameters: {source['params']:,}; MACs per sample: {source['macs']:,}")
+    lines += [f"- latency ({source['runtime']}): {_latency(source['latency'])}",
+              f"- fp32 ONNX reference: {_mb(reference['size_bytes'])}, latency {_latency(source['reference_onnx_latency'])}",
+              "", "## Artifacts", "",
+              "| target | artifact | size | vs fp32 ONNX | accuracy | drop (pts) | top-1 agreement | KL | latency | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    failures = []
+    for name, target in manifest["targets"].items():
+        if target["status"] == "error":
+            lines.append(f"| {name} | — | — | — | — | — | — | — | — | ERROR |")
+            failures.append(f"- `{name}`: error: {target['error']}")
+            continue
+        for item in target["artifacts"]:
+            metrics = item["metrics"]
+            lines.append(
+                f"| {name} | `{item['path']}` | {_mb(item['size_bytes'])} | {item['size_ratio_vs_fp32_onnx']:.2f}x | "
+                f"{metrics.get('accuracy', float('nan')):.4f} | {metrics.get('accuracy_drop', float('nan')):+.2f} | "
+                f"{metrics['top1_agreement']:.4f} | {metrics['kl']:.2e} | {_latency(item['latency'])} | "
+                f"{'pass' if item['passed'] else 'FAIL'} |")
+            failures += [f"- `{name}` `{item['path']}`: {check['metric']} {check['value']:.4g} outside "
+                         f"{check['bound']} {check['limit']:g}" for check in item["drift"] if not check["passed"]]
+    if failures:
+        lines += ["", "## Failures", "", *failures]
+    settings = manifest["latency_settings"]
+    calibration = manifest["calibration"]
+    lines += ["", "## How this was measured", "",
+              f"- drift: every artifact against the float model on {manifest['evaluation']['samples']} held-out "
+              f"samples ({manifest['evaluation']['source']})",
+              f"- calibration: {calibration['method']['name']} on {calibration['samples_used']} samples "
+              f"(batch {calibration['batch_size']}, seed {calibration['seed']})",
+              f"- latency: median of {settings['repeats']} runs after {settings['warmup']} warm-up, "
+              f"{settings['threads']} threads, {settings['machine']['processor']} "
+              f"({settings['machine']['cpu_count']} cores)",
+              "- toolchain: " + ", ".join(f"{k} {v}" for k, v in manifest["toolchain"].items())]
+    if manifest["warnings"]:
+        lines += ["", "## Warnings", "", *[f"- {warning}" for warning in manifest["warnings"]]]
+    return "\n".join(lines) + "\n"

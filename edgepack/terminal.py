@@ -1,0 +1,82 @@
+"""Terminal rendering with rich: step progress while packing, result tables afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+# Tables are wide; keep them readable when output goes to a file or CI log.
+out = Console(width=None if Console().is_terminal else 150)
+
+
+class TerminalProgress:
+    """A spinner per long step, then a tick with its duration."""
+
+    @contextlib.contextmanager
+    def step(self, description: str) -> Iterator[None]:
+        """Show `description` with a spinner while the step runs."""
+        started = time.perf_counter()
+        with console.status(description):
+            yield
+        console.print(f"[green]✓[/] {description} [dim]({time.perf_counter() - started:.1f} s)[/]")
+
+    def warn(self, message: str) -> None:
+        """Print a warning line."""
+        console.print(f"[yellow]warning:[/] {message}")
+
+
+def _ms(latency: dict, key: str) -> str:
+    return f"{latency[key]['median_ms']:.2f}" if key in latency else "—"
+
+
+def render_pack(result) -> None:
+    """Summary table of every artifact, then the verdict and which target/metric failed."""
+    manifest = result.manifest
+    source = manifest["source_model"]
+    large = f"batch_{manifest['latency_settings']['batch_size']}"
+    table = Table(title=f"edgepack: {manifest['name']} → {result.bundle}")
+    for column in ("target", "artifact", "size MB", "size ratio", "accuracy", "drop pts", "top-1 agree",
+                   "ms b1", f"ms b{large.split('_')[1]}", "speed-up vs eager", "verdict"):
+        table.add_column(column, justify="right" if column not in ("target", "artifact", "verdict") else "left")
+    eager = source["latency"][large]["median_ms"]
+    table.add_row("float", source["runtime"], f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
+                  f"{source['metrics']['accuracy']:.4f}", "—", "—", _ms(source["latency"], "batch_1"),
+                  _ms(source["latency"], large), "1.00x", "")
+    for name, target in manifest["targets"].items():
+        if target["status"] == "error":
+            table.add_row(name, "—", "", "", "", "", "", "", "", "", "[red]ERROR[/]")
+        for item in target["artifacts"]:
+            metrics = item["metrics"]
+            table.add_row(name, item["path"], f"{item['size_bytes'] / 1e6:.3f}",
+                          f"{item['size_ratio_vs_fp32_onnx']:.2f}x", f"{metrics['accuracy']:.4f}",
+                          f"{metrics['accuracy_drop']:+.2f}", f"{metrics['top1_agreement']:.4f}",
+                          _ms(item["latency"], "batch_1"), _ms(item["latency"], large),
+                          f"{eager / item['latency'][large]['median_ms']:.2f}x",
+                          "[green]pass[/]" if item["passed"] else "[red]FAIL[/]")
+    out.print(table)
+    out.print("size ratio: artifact / fp32 ONNX reference. Latency: median, "
+              f"{manifest['latency_settings']['threads']} threads, this machine's CPU.")
+    for name, target in manifest["targets"].items():
+        if target["status"] == "error":
+            console.print(f"[red]target {name} failed:[/] {target['error']}")
+        for item in target["artifacts"]:
+            for check in item["drift"]:
+                if not check["passed"]:
+                    console.print(f"[red]drift over budget:[/] target {name} ({item['path']}): {check['metric']} "
+                                  f"{check['value']:.4g}, budget {check['bound']} {check['limit']:g}")
+    verdict = "[green]all targets passed[/]" if manifest["passed"] else "[red]FAILED[/]"
+    out.print(f"{verdict}; bundle: {result.bundle}")
+
+
+def render_bundle_check(check) -> None:
+    """One line per artifact with its re-measured drift and verdict."""
+    for path, report in check.reports.items():
+        status = "[green]pass[/]" if report.passed else "[red]FAIL[/]"
+        details = ", ".join(c.describe() for c in report.checks)
+        out.print(f"{status} {path}: {details}")
+    out.print(f"checksums ok; drift re-measured on {check.samples} samples")

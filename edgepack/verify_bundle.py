@@ -1,0 +1,53 @@
+"""`edgepack verify`: re-check a bundle's checksums and drift from the bundle alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from edgepack.bundle import check_checksums, read_manifest
+from edgepack.calibration.dataset import load_sample_set
+from edgepack.config import DataSource, InputSpec
+from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
+from edgepack.registry import get_target
+from edgepack.runners import OrtRunner
+from edgepack.verify import DriftReport, check_budget, classification_metrics, collect_outputs
+
+
+@dataclass(frozen=True)
+class BundleCheck:
+    """Drift of each artifact against the bundle's own fp32 reference, on new data."""
+
+    bundle: Path
+    samples: int
+    reports: dict[str, DriftReport]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every artifact is within budget, EXIT_DRIFT otherwise."""
+        return EXIT_OK if all(report.passed for report in self.reports.values()) else EXIT_DRIFT
+
+
+def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, threads: int = 2) -> BundleCheck:
+    """Check every checksum, then run the reference and each artifact on `data` and compare with the budget."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    problems = check_checksums(bundle, manifest)
+    if problems:
+        raise VerificationError(f"{bundle}: " + "; ".join(problems))
+    recipe = manifest["recipe"]
+    inputs = [InputSpec(**spec) for spec in recipe["inputs"]]
+    label_name = labels or recipe["evaluation"]["labels"]
+    source = DataSource(path=Path(data).resolve(), batch_size=recipe["evaluation"]["batch_size"])
+    evaluation = load_sample_set(source, inputs, role="evaluation", base_dir=Path.cwd(), labels=label_name)
+    reference = collect_outputs(OrtRunner(bundle / manifest["reference"]["path"], threads=threads), evaluation)
+    reports = {}
+    for name, target_entry in manifest["targets"].items():
+        target = get_target(name)
+        target.check_available()
+        for artifact in target_entry["artifacts"]:
+            runner = target.runner(bundle / artifact["path"], threads=threads)
+            metrics = classification_metrics(reference, collect_outputs(runner, evaluation), evaluation.labels)
+            reports[artifact["path"]] = check_budget(metrics, artifact["budget"])
+    return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports)
