@@ -95,7 +95,9 @@ def _choose(total: int, samples: Optional[int], seed: int) -> np.ndarray:
 def _check_input(array: np.ndarray, spec, role: str, origin: str) -> np.ndarray:
     where = f"{role} data {origin}: input '{spec.name}'"
     array = np.asarray(array)
-    if array.ndim == 2 and len(spec.sample_shape) > 1 and array.shape[1] == int(np.prod(spec.sample_shape)):
+    flat_size = int(np.prod(spec.sample_shape))
+    if (array.ndim == 2 and len(spec.sample_shape) > 1 and array.shape[1] == flat_size) or \
+            (array.ndim == 1 and flat_size == 1):
         array = array.reshape((len(array),) + spec.sample_shape)  # flat table columns
     if tuple(array.shape[1:]) != spec.sample_shape:
         raise DataError(f"{where}: expected shape {['N', *spec.sample_shape]}, got {list(array.shape)}")

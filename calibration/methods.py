@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Method(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # onnxruntime's histogram calibrators fail on an uneven last batch; MinMax does not care.
+    needs_equal_batches: ClassVar[bool] = True
 
 
 class MinMax(_Method):
     """Range = observed min and max of each activation."""
 
     name: Literal["minmax"] = "minmax"
+    needs_equal_batches: ClassVar[bool] = False
 
 
 class Percentile(_Method):

@@ -36,15 +36,16 @@ def calibrator_options(method) -> dict:
 class SampleSetReader:
     """onnxruntime CalibrationDataReader over equal-sized batches of a SampleSet."""
 
-    def __init__(self, sample_set: SampleSet, input_names: list[str]):
+    def __init__(self, sample_set: SampleSet, input_names: list[str], *, equal_only: bool):
         self.sample_set = sample_set
         self.input_names = input_names
+        self.equal_only = equal_only
         self._batches = None
 
     def get_next(self):
         """Next batch as a feed dict, or None when exhausted."""
         if self._batches is None:
-            self._batches = self.sample_set.batches(equal_only=True)
+            self._batches = self.sample_set.batches(equal_only=self.equal_only)
         batch = next(self._batches, None)
         return None if batch is None else {name: batch[name] for name in self.input_names}
 
@@ -53,8 +54,8 @@ class SampleSetReader:
         self._batches = None
 
     def __len__(self) -> int:
-        return self.sample_set.used_samples(equal_only=True) // min(self.sample_set.batch_size,
-                                                                     self.sample_set.num_samples)
+        size = min(self.sample_set.batch_size, self.sample_set.num_samples)
+        return -(-self.sample_set.used_samples(equal_only=self.equal_only) // size)
 
 
 def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[str], method, cache_path: Path,
@@ -70,7 +71,7 @@ def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[st
             calibrate_method=ort_method(method), extra_options=calibrator_options(method),
         )
         try:
-            calibrator.collect_data(SampleSetReader(sample_set, input_names))
+            calibrator.collect_data(SampleSetReader(sample_set, input_names, equal_only=method.needs_equal_batches))
             tensors = calibrator.compute_data()
         except Exception as exc:
             raise CalibrationError(f"{type(method).__name__} calibration failed on {sample_set.source}: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import importlib
 import sys
@@ -51,7 +52,10 @@ def _read_table(path: Path, wanted: list[str], columns: Columns) -> dict[str, np
     arrays: dict[str, np.ndarray] = {}
     for name in wanted:
         selection = columns.get(name, name)
-        names = _select_columns(selection, available)
+        try:
+            names = _select_columns(selection, available)
+        except DataError as exc:
+            raise DataError(f"{path}: input '{name}': {exc}") from None
         if not names:
             continue
         try:
@@ -79,14 +83,7 @@ def _select_columns(selection: Union[str, list[str]], available: list[str]) -> l
 
 def _load_table(path: Path) -> dict[str, np.ndarray]:
     if path.suffix.lower() == ".csv":
-        try:
-            data = np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="utf-8")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: cannot read CSV: {exc}") from exc
-        if data.dtype.names is None or data.size == 0:
-            raise DataError(f"{path}: CSV has no header row or no data rows")
-        data = np.atleast_1d(data)
-        return {name: data[name] for name in data.dtype.names}
+        return _load_csv(path)
     try:
         import pyarrow.parquet as parquet
     except ImportError as exc:
@@ -96,6 +93,32 @@ def _load_table(path: Path) -> dict[str, np.ndarray]:
     except Exception as exc:  # pyarrow raises many unrelated types for corrupt files
         raise DataError(f"{path}: cannot read parquet: {exc}") from exc
     return {name: table.column(name).to_numpy() for name in table.column_names}
+
+
+def _load_csv(path: Path) -> dict[str, np.ndarray]:
+    """Columns by their header names exactly as written; an empty or non-numeric cell is an error."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+        if not header:
+            raise DataError(f"{path}: CSV has no header row")
+        data = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=None, encoding="utf-8", usemask=True,
+                             names=None, ndmin=1)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read CSV: {exc}") from exc
+    if data.size == 0:
+        raise DataError(f"{path}: CSV has no data rows")
+    fields = data.dtype.names or ()
+    if len(fields) != len(header):
+        raise DataError(f"{path}: rows have {len(fields)} fields, the header has {len(header)}")
+    columns = {}
+    for name, field_name in zip(header, fields):
+        column = data[field_name]
+        missing = np.flatnonzero(np.ma.getmaskarray(column))
+        if missing.size:
+            raise DataError(f"{path}: column '{name}' has an empty or unreadable cell in data row {missing[0] + 1}")
+        columns[name] = np.ma.getdata(column)
+    return columns
 
 
 def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> dict[str, np.ndarray]:
@@ -124,6 +147,7 @@ def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> dict[str, 
 def import_object(spec: str, *, base_dir: Path, what: str) -> Callable:
     """Import `package.module:attribute`, trying the recipe's folder first for local modules."""
     module_name, _, attribute = spec.partition(":")
+    _forget_foreign_module(module_name, base_dir)
     added = str(base_dir) not in sys.path
     if added:
         sys.path.insert(0, str(base_dir))
@@ -137,6 +161,19 @@ def import_object(spec: str, *, base_dir: Path, what: str) -> Callable:
     if not hasattr(module, attribute):
         raise _import_error(what, spec, AttributeError(f"module '{module_name}' has no attribute '{attribute}'"))
     return getattr(module, attribute)
+
+
+def _forget_foreign_module(module_name: str, base_dir: Path) -> None:
+    """If the recipe folder has its own `module_name`, drop a same-named module imported from elsewhere,
+    so two recipes with a local `model.py` each get their own."""
+    local = Path(base_dir, *module_name.split("."))
+    if not (local.with_suffix(".py").is_file() or (local / "__init__.py").is_file()):
+        return
+    cached = sys.modules.get(module_name)
+    cached_file = getattr(cached, "__file__", None)
+    if cached is not None and (cached_file is None or Path(cached_file).resolve().parent != local.parent.resolve()
+                               and Path(cached_file).resolve().parent != local.resolve()):
+        del sys.modules[module_name]
 
 
 def _import_error(what: str, spec: str, exc: Exception) -> Exception:

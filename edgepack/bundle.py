@@ -48,10 +48,16 @@ def staging(destination: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     retired = None
-    if destination.exists():
-        retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-        os.replace(destination, retired)
-    os.replace(stage, destination)
+    try:
+        if destination.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+            os.replace(destination, retired)
+        os.replace(stage, destination)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if retired is not None and not destination.exists():
+            os.replace(retired, destination)
+        raise ConfigError(f"cannot move the new bundle into {destination}: {exc}") from exc
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
 
@@ -79,9 +85,12 @@ def read_manifest(bundle: Path) -> dict:
 def check_checksums(bundle: Path, manifest: dict) -> list[str]:
     """Every file the manifest lists must exist with its recorded size and SHA-256; returns problems."""
     problems = []
+    root = Path(bundle).resolve()
     for entry in iter_files(manifest):
-        path = Path(bundle) / entry["path"]
-        if not path.is_file():
+        path = (root / entry["path"]).resolve()
+        if not path.is_relative_to(root):
+            problems.append(f"{entry['path']}: points outside the bundle")
+        elif not path.is_file():
             problems.append(f"{entry['path']}: missing")
         elif path.stat().st_size != entry["size_bytes"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: checksum mismatch (file changed since packing)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, StrictInt, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edgepack.calibration.methods import CalibrationMethod, MinMax
 from edgepack.errors import ConfigError
@@ -39,7 +39,7 @@ class InputSpec(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     dtype: Literal[DTYPES]  # type: ignore[valid-type]
-    shape: list[Union[int, str]] = Field(min_length=1)
+    shape: list[Union[StrictInt, str]] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _batch_first(self) -> "InputSpec":
@@ -192,10 +192,20 @@ class Recipe(_Section):
         return [spec.name for spec in self.inputs]
 
 
-def _allowed_keys(model: Any, loc: tuple) -> list[str]:
-    """Field names valid at `loc` inside `model`, following lists, dicts and unions."""
-    candidates = [model]
+def _walk(model: Any, loc: tuple) -> tuple[list[str], tuple]:
+    """Field names valid at `loc` inside `model`, and `loc` without discriminator tags.
+
+    Follows lists (integer parts) and unions; pydantic puts a discriminated union's tag (for example
+    'percentile' in calibration.method.percentile.x) into the location, which selects one member.
+    """
+    candidates, shown = [model], []
     for part in loc:
+        members = [cls for candidate in candidates for cls in _model_classes(candidate)]
+        tagged = [cls for cls in members if "name" in cls.model_fields and cls.model_fields["name"].default == part]
+        if len(members) > 1 and tagged:
+            candidates = tagged
+            continue
+        shown.append(part)
         next_candidates = []
         for candidate in candidates:
             for cls in _model_classes(candidate):
@@ -204,11 +214,8 @@ def _allowed_keys(model: Any, loc: tuple) -> list[str]:
             if isinstance(part, int) or not _model_classes(candidate):
                 next_candidates.extend(typing.get_args(candidate))
         candidates = next_candidates
-    keys: list[str] = []
-    for candidate in candidates:
-        for cls in _model_classes(candidate):
-            keys.extend(cls.model_fields)
-    return keys
+    keys = [key for candidate in candidates for cls in _model_classes(candidate) for key in cls.model_fields]
+    return keys, tuple(shown)
 
 
 def _model_classes(annotation: Any) -> list[type[BaseModel]]:
@@ -222,9 +229,9 @@ def _model_classes(annotation: Any) -> list[type[BaseModel]]:
 
 def _format_error(source: str, error: dict) -> str:
     loc = tuple(error["loc"])
-    where = ".".join(str(p) for p in loc) or "(top level)"
+    where = ".".join(str(p) for p in _walk(Recipe, loc)[1]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(Recipe, loc[:-1])
+        allowed, _ = _walk(Recipe, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of {', '.join(sorted(set(allowed)))}"
         return f"{source}: unknown key '{where}'{hint}"
@@ -266,5 +273,8 @@ def load_recipe(path: Path | str, *, output: Path | None = None, targets: tuple[
             data["output"] = output
         if targets:
             data["targets"] = list(targets)
-        data["output"] = str(Path(data.get("output") or f"dist/{data.get('name', 'bundle')}").resolve())
+        output_value = data.get("output") or f"dist/{data.get('name', 'bundle')}"
+        if not isinstance(output_value, (str, Path)):
+            raise ConfigError(f"{path}: field 'output': expected a directory path, got {output_value!r}")
+        data["output"] = str(Path(output_value).resolve())
     return parse_recipe(data, source=str(path), base_dir=path.parent.resolve())

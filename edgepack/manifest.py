@@ -76,7 +76,7 @@ def build_manifest(recipe, *, source: dict, reference: dict, targets, calibratio
         },
         "calibration": {"method": recipe.calibration.method.model_dump(), "source": calibration.source,
                         "samples_available_after_selection": calibration.num_samples,
-                        "samples_used": calibration.used_samples(equal_only=True),
+                        "samples_used": calibration.used_samples(equal_only=recipe.calibration.method.needs_equal_batches),
                         "batch_size": calibration.batch_size, "seed": recipe.calibration.seed,
                         "sha256": calibration.sha256},
         "evaluation": {"source": evaluation.source, "samples": evaluation.num_samples, "sha256": evaluation.sha256,

@@ -47,7 +47,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a plain state dict read with weights_only=True."""
     if not path.is_file():
         raise ModelLoadError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -31,6 +31,7 @@ class TorchRunner:
         self.input_names = list(input_names)
         self.output_names = ["output"]
         self.threads = threads
+        self.device = "torch eager CPU"
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
         previous = torch.get_num_threads()
@@ -44,8 +45,9 @@ class TorchRunner:
         return [output.detach().numpy() for output in outputs]
 
 
-def ort_session(path: Path, *, threads: int, disable_weight_requant: bool = False):
-    """An onnxruntime CPU session with a fixed thread count."""
+def ort_session(path: Path, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                disable_weight_requant: bool = False):
+    """An onnxruntime session with a fixed thread count on the first available of `providers`."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -57,14 +59,17 @@ def ort_session(path: Path, *, threads: int, disable_weight_requant: bool = Fals
     if disable_weight_requant:
         # ORT would otherwise quantize float Conv/Gemm weights fed by DequantizeLinear (see STACK.md).
         options.add_session_config_entry("optimization.disable_specified_optimizers", "WeightBiasQuantization")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    available = set(ort.get_available_providers())
+    chosen = [provider for provider in providers if provider in available] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
 
 
 class OrtRunner:
-    """An ONNX model in onnxruntime on the CPU provider."""
+    """An ONNX model in onnxruntime; `device` names the execution provider actually used."""
 
-    def __init__(self, path: Path, *, threads: int):
-        self.session = ort_session(path, threads=threads)
+    def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+        self.session = ort_session(path, threads=threads, providers=providers)
+        self.device = self.session.get_providers()[0]
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.output_names = [node.name for node in self.session.get_outputs()]
 

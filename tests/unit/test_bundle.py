@@ -1,0 +1,167 @@
+"""Bundle staging (atomic replace, refusal, clean failure) and checksum verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from edgepack.bundle import (MANIFEST, SCHEMA_VERSION, check_checksums, read_manifest, sha256_file, staging,
+                             write_json)
+from edgepack.errors import ConfigError, VerificationError
+
+
+def entries(folder):
+    """Names in `folder`, including hidden staging or retired directories."""
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_staging_moves_completed_directory_into_place(tmp_path):
+    destination = tmp_path / "out" / "bundle"
+    with staging(destination) as stage:
+        assert stage.is_dir() and stage.parent == destination.parent
+        assert stage.name.startswith(".bundle.staging-")
+        assert not destination.exists()  # nothing is visible until the bundle is complete
+        (stage / "model.onnx").write_bytes(b"onnx")
+        write_json(stage / MANIFEST, {"schema_version": SCHEMA_VERSION})
+    assert entries(destination.parent) == ["bundle"]
+    assert entries(destination) == [MANIFEST, "model.onnx"]
+    assert (destination / "model.onnx").read_bytes() == b"onnx"
+
+
+def test_staging_replaces_existing_bundle(tmp_path):
+    destination = tmp_path / "bundle"
+    destination.mkdir()
+    write_json(destination / MANIFEST, {"schema_version": SCHEMA_VERSION, "old": True})
+    (destination / "stale.onnx").write_bytes(b"old")
+    with staging(destination) as stage:
+        assert (destination / "stale.onnx").exists()  # the old bundle stays usable while packing
+        write_json(stage / MANIFEST, {"schema_version": SCHEMA_VERSION, "old": False})
+    assert entries(tmp_path) == ["bundle"]
+    assert entries(destination) == [MANIFEST]
+    assert json.loads((destination / MANIFEST).read_text())["old"] is False
+
+
+def test_staging_accepts_an_empty_directory(tmp_path):
+    destination = tmp_path / "bundle"
+    destination.mkdir()
+    with staging(destination) as stage:
+        (stage / "a.txt").write_text("a")
+    assert entries(destination) == ["a.txt"]
+
+
+def test_staging_refuses_non_bundle_directory(tmp_path):
+    destination = tmp_path / "precious"
+    destination.mkdir()
+    (destination / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not an edgepack bundle; refusing to replace it"):
+        with staging(destination):
+            pytest.fail("the body must not run")
+    assert entries(destination) == ["thesis.tex"]
+    assert entries(tmp_path) == ["precious"]
+
+
+def test_staging_refuses_a_file(tmp_path):
+    destination = tmp_path / "bundle"
+    destination.write_text("a file")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        with staging(destination):
+            pytest.fail("the body must not run")
+    assert destination.read_text() == "a file"
+
+
+def test_failure_leaves_nothing_behind(tmp_path):
+    destination = tmp_path / "out" / "bundle"
+    with pytest.raises(RuntimeError, match="boom"):
+        with staging(destination) as stage:
+            (stage / "half.onnx").write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert not destination.exists()
+    assert entries(destination.parent) == []
+
+
+def test_failure_keeps_existing_bundle_untouched(tmp_path):
+    destination = tmp_path / "bundle"
+    destination.mkdir()
+    write_json(destination / MANIFEST, {"schema_version": SCHEMA_VERSION})
+    (destination / "model.onnx").write_bytes(b"good")
+    with pytest.raises(KeyboardInterrupt):
+        with staging(destination) as stage:
+            (stage / "model.onnx").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert entries(tmp_path) == ["bundle"]
+    assert (destination / "model.onnx").read_bytes() == b"good"
+
+
+def test_sha256_file(tmp_path):
+    path = tmp_path / "blob"
+    data = bytes(range(256)) * 5000  # more than one read block
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def make_bundle(folder):
+    """A bundle with a reference model and two artifacts under two targets, with a matching manifest."""
+    files = {"reference/model.fp32.onnx": b"fp32", "x86/model.int8.onnx": b"int8", "arm/model.tflite": b"tfl"}
+    for relative, data in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+
+    def entry(relative):
+        data = files[relative]
+        return {"path": relative, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    manifest = {"schema_version": SCHEMA_VERSION, "reference": entry("reference/model.fp32.onnx"),
+                "targets": {"x86": {"artifacts": [entry("x86/model.int8.onnx")]},
+                            "arm": {"artifacts": [entry("arm/model.tflite")]},
+                            "broken": {"status": "failed", "artifacts": []}}}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def test_checksums_pass_on_intact_bundle(tmp_path):
+    manifest = make_bundle(tmp_path)
+    assert check_checksums(tmp_path, manifest) == []
+    assert read_manifest(tmp_path) == manifest
+
+
+def test_checksums_detect_modified_file(tmp_path):
+    manifest = make_bundle(tmp_path)
+    (tmp_path / "x86" / "model.int8.onnx").write_bytes(b"INT8")  # same size, different bytes
+    problems = check_checksums(tmp_path, manifest)
+    assert problems == ["x86/model.int8.onnx: checksum mismatch (file changed since packing)"]
+
+
+def test_checksums_detect_size_change_and_missing_file(tmp_path):
+    manifest = make_bundle(tmp_path)
+    (tmp_path / "reference" / "model.fp32.onnx").write_bytes(b"fp32 plus more")
+    (tmp_path / "arm" / "model.tflite").unlink()
+    problems = check_checksums(tmp_path, manifest)
+    assert problems == ["reference/model.fp32.onnx: checksum mismatch (file changed since packing)",
+                        "arm/model.tflite: missing"]
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(VerificationError, match="not an edgepack bundle"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(VerificationError, match="unreadable manifest"):
+        read_manifest(tmp_path)
+    write_json(tmp_path / MANIFEST, {"schema_version": 99})
+    with pytest.raises(VerificationError, match="schema_version 99 is not supported"):
+        read_manifest(tmp_path)
+
+
+def test_leftover_retired_directory_does_not_break_replacement(tmp_path):
+    destination = tmp_path / "bundle"
+    destination.mkdir()
+    write_json(destination / MANIFEST, {"schema_version": SCHEMA_VERSION})
+    leftover = tmp_path / f".bundle.old-{os.getpid()}"  # from a run with the same pid (containers reuse pids)
+    leftover.mkdir()
+    (leftover / "model.onnx").write_bytes(b"old")
+    with staging(destination) as stage:
+        (stage / "new.onnx").write_bytes(b"new")
+    assert entries(destination) == ["new.onnx"]
+    assert not [name for name in entries(tmp_path) if ".staging-" in name]
