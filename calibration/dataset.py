@@ -54,15 +54,15 @@ def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Option
     wanted = names + ([labels] if labels else [])
     if source.path is not None:
         origin = str(source.path)
-        arrays = read_arrays(source.path, wanted=wanted, columns=source.columns)
+        arrays, available = read_arrays(source.path, wanted=wanted, columns=source.columns)
     else:
         origin = source.callable
-        arrays = read_callable(source.callable, base_dir=base_dir, wanted=wanted)
+        arrays, available = read_callable(source.callable, base_dir=base_dir, wanted=wanted)
     missing = [name for name in wanted if name not in arrays]
     if missing:
         what = "label array" if missing == [labels] else "array(s)"
         raise DataError(f"{role} data {origin}: no {what} named {', '.join(repr(m) for m in missing)} "
-                        f"(found: {', '.join(arrays) or 'nothing'})")
+                        f"(the data holds: {', '.join(available) or 'nothing'})")
     checked = {spec.name: _check_input(arrays[spec.name], spec, role, origin) for spec in inputs}
     counts = {name: len(array) for name, array in checked.items()}
     label_array = None

@@ -16,8 +16,13 @@ from edgepack.errors import DataError, MissingDependencyError
 Columns = Mapping[str, Union[str, list[str]]]
 
 
-def read_arrays(path: Path, *, wanted: list[str], columns: Optional[Columns] = None) -> dict[str, np.ndarray]:
-    """Read the arrays named in `wanted` that the file has (callers check for required ones)."""
+Found = tuple[dict[str, np.ndarray], list[str]]
+
+
+def read_arrays(path: Path, *, wanted: list[str], columns: Optional[Columns] = None) -> Found:
+    """The arrays named in `wanted` that the file has, and every name the file holds (for error messages)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a data file (.npz, .npy, .csv or .parquet)")
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     suffix = path.suffix.lower()
@@ -30,23 +35,23 @@ def read_arrays(path: Path, *, wanted: list[str], columns: Optional[Columns] = N
     raise DataError(f"{path}: unsupported data format '{suffix}'; expected .npz, .npy, .csv or .parquet")
 
 
-def _read_npz(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, wanted: list[str]) -> Found:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in wanted if name in archive.files}
+            return {name: archive[name] for name in wanted if name in archive.files}, list(archive.files)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read .npz archive: {exc}") from exc
 
 
-def _read_npy(path: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+def _read_npy(path: Path, wanted: list[str]) -> Found:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read .npy array: {exc}") from exc
-    return {wanted[0]: array}
+    return {wanted[0]: array}, [f"one unnamed array (read as '{wanted[0]}')"]
 
 
-def _read_table(path: Path, wanted: list[str], columns: Columns) -> dict[str, np.ndarray]:
+def _read_table(path: Path, wanted: list[str], columns: Columns) -> Found:
     frame = _load_table(path)
     available = list(frame)
     arrays: dict[str, np.ndarray] = {}
@@ -63,7 +68,7 @@ def _read_table(path: Path, wanted: list[str], columns: Columns) -> dict[str, np
         except (TypeError, ValueError) as exc:
             raise DataError(f"{path}: columns for '{name}' are not numeric: {exc}") from exc
         arrays[name] = block[:, 0] if isinstance(selection, str) and not _is_pattern(selection) else block
-    return arrays
+    return arrays, [f"columns {', '.join(available[:8])}" + (f" (+{len(available) - 8} more)" if len(available) > 8 else "")]
 
 
 def _is_pattern(selection: str) -> bool:
@@ -121,7 +126,7 @@ def _load_csv(path: Path) -> dict[str, np.ndarray]:
     return columns
 
 
-def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> dict[str, np.ndarray]:
+def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> Found:
     """Call `module:function` (imported with the recipe's folder on sys.path) and concatenate its batches.
 
     The callable returns an iterable of batches, each a mapping of name -> array.
@@ -130,10 +135,12 @@ def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> dict[str, 
     try:
         batches: Iterable = function()
         collected: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+        seen: dict[str, None] = {}
         for batch in batches:
             if not isinstance(batch, Mapping):
                 raise DataError(f"data callable {spec}: each batch must be a mapping of input name to array, "
                                 f"got {type(batch).__name__}")
+            seen.update(dict.fromkeys(batch))
             for name in wanted:
                 if name in batch:
                     collected[name].append(np.asarray(batch[name]))
@@ -141,7 +148,7 @@ def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> dict[str, 
         raise
     except Exception as exc:
         raise DataError(f"data callable {spec} failed: {type(exc).__name__}: {exc}") from exc
-    return {name: np.concatenate(parts) for name, parts in collected.items() if parts}
+    return {name: np.concatenate(parts) for name, parts in collected.items() if parts}, [str(k) for k in seen]
 
 
 def import_object(spec: str, *, base_dir: Path, what: str) -> Callable:

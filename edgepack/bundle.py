@@ -16,6 +16,7 @@ from edgepack.errors import ConfigError, VerificationError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.md"
+REPORT_HTML = "report.html"
 
 
 def sha256_file(path: Path) -> str:
@@ -62,14 +63,24 @@ def staging(destination: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Pretty JSON with a trailing newline."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+def write_bundle_documents(bundle: Path, manifest: dict) -> None:
+    """Write manifest.json, report.md and report.html, each replaced atomically."""
+    from edgepack.report import render_markdown
+    from edgepack.report_html import render_html
+
+    documents = {MANIFEST: json.dumps(manifest, indent=2) + "\n", REPORT: render_markdown(manifest),
+                 REPORT_HTML: render_html(manifest)}
+    for name, text in documents.items():
+        temporary = Path(bundle) / f".{name}.tmp"
+        temporary.write_text(text)
+        os.replace(temporary, Path(bundle) / name)
 
 
 def read_manifest(bundle: Path) -> dict:
     """The bundle's manifest, with a clear error when it is missing or unreadable."""
     path = Path(bundle) / MANIFEST
+    if not Path(bundle).is_dir():
+        raise VerificationError(f"{bundle}: bundle directory does not exist")
     if not path.is_file():
         raise VerificationError(f"{bundle}: not an edgepack bundle (no {MANIFEST})")
     try:

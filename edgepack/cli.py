@@ -48,8 +48,10 @@ def main(debug: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (overrides the recipe).")
 @click.option("--target", "targets", multiple=True, help="Build only this target (repeatable; overrides the recipe).")
 @click.option("--dump-config", is_flag=True, help="Print the validated recipe with defaults filled in, then exit.")
+@click.option("--no-bench", is_flag=True, help="Skip the isolated-process benchmark (latency in the manifest "
+              "then comes only from the in-process measurement after verification).")
 @_handle_errors
-def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool) -> None:
+def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool, no_bench: bool) -> None:
     """Quantize, export and verify RECIPE's model for each target; write a bundle."""
     from edgepack.config import load_recipe
 
@@ -62,7 +64,7 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
     from edgepack.pipeline import pack as run_pack
     from edgepack.terminal import TerminalProgress, render_pack
 
-    result = run_pack(resolved, TerminalProgress())
+    result = run_pack(resolved, TerminalProgress(), bench=not no_bench)
     render_pack(result)
     sys.exit(result.exit_code)
 
@@ -82,3 +84,24 @@ def verify(bundle: Path, data: Path, labels: str | None, threads: int) -> None:
     check = verify_bundle(bundle, data, labels=labels, threads=threads)
     render_bundle_check(check)
     sys.exit(check.exit_code)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--batch-size", default=64, show_default=True, help="The larger batch size (batch 1 is always timed).")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing.")
+@click.option("--repeats", default=30, show_default=True, help="Timed runs; the median is reported.")
+@click.option("--threads", default=2, show_default=True, help="Intra-op threads for every runtime.")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
+              help="Input data (default: the recipe's evaluation data, else seeded random data).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the figures here.")
+@_handle_errors
+def bench(bundle: Path, batch_size: int, warmup: int, repeats: int, threads: int, data: Path | None,
+          json_path: Path | None) -> None:
+    """Time every artifact of BUNDLE and the float baselines, each in a fresh process; update its manifest."""
+    from edgepack.bench import BenchSettings, bench_bundle_and_record
+    from edgepack.terminal import TerminalProgress, render_bench
+
+    settings = BenchSettings(batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
+    figures = bench_bundle_and_record(bundle, settings, data=data, progress=TerminalProgress(), json_path=json_path)
+    render_bench(figures)

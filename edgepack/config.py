@@ -150,6 +150,7 @@ class Recipe(_Section):
     evaluation: EvaluationConfig
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     targets: list[str] = Field(default_factory=lambda: ["x86"], min_length=1)
+    target_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     output: Optional[Path] = None  # relative to the working directory, like --out
@@ -172,6 +173,8 @@ class Recipe(_Section):
         if self.task not in TASKS_IMPLEMENTED:
             raise ValueError(f"task '{self.task}' is part of the schema but not implemented in this version; "
                              f"use one of {', '.join(TASKS_IMPLEMENTED)}")
+        for target_name in self.target_options:
+            check_target_name(target_name)
         names = [spec.name for spec in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
@@ -272,6 +275,11 @@ def load_recipe(path: Path | str, *, output: Path | None = None, targets: tuple[
         if output is not None:
             data["output"] = output
         if targets:
+            for name in targets:
+                try:
+                    check_target_name(name)
+                except ConfigError as exc:
+                    raise ConfigError(f"--target: {exc}") from None
             data["targets"] = list(targets)
         output_value = data.get("output") or f"dist/{data.get('name', 'bundle')}"
         if not isinstance(output_value, (str, Path)):

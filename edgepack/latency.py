@@ -36,6 +36,7 @@ def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeat
 
 def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings) -> dict:
     """Latency at batch 1 and at the recipe's larger batch size."""
+    device = getattr(runner, "device", "unknown")
     return {f"batch_{size}": measure(runner, make_batch(arrays, size), warmup=settings.warmup,
-                                     repeats=settings.repeats)
+                                     repeats=settings.repeats) | {"device": device}
             for size in sorted({1, settings.batch_size})}

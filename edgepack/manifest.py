@@ -86,4 +86,5 @@ def build_manifest(recipe, *, source: dict, reference: dict, targets, calibratio
         "warnings": list(warnings),
         "toolchain": toolchain_versions(),
         "recipe": recipe.model_dump(mode="json"),
+        "recipe_dir": str(recipe.base_dir),
     }

@@ -24,6 +24,14 @@ def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.nda
     """Export `module` to a single-file fp32 ONNX model whose batch dimension is symbolic."""
     names = [spec.name for spec in inputs]
     args = tuple(torch.from_numpy(example[name]) for name in names)
+    try:
+        with torch.no_grad():
+            module.eval()(*args)
+    except Exception as exc:
+        shapes = ", ".join(f"{name} {list(arg.shape)} {str(arg.dtype).replace('torch.', '')}"
+                           for name, arg in zip(names, args))
+        raise ExportError(f"the model fails on inputs as the recipe declares them ({shapes}): "
+                          f"{type(exc).__name__}: {exc}") from exc
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic_shapes = tuple({0: batch} for _ in names)
     try:
@@ -34,7 +42,11 @@ def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.nda
             )
             program.save(str(path), external_data=False)
     except Exception as exc:
-        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        first_line = (str(root).strip().splitlines() or [""])[0]
+        raise ExportError(f"ONNX export failed: {type(root).__name__}: {first_line}") from exc
     onnx.checker.check_model(str(path))
     return path
 

@@ -10,7 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from edgepack.bundle import MANIFEST, REPORT, sha256_file, staging, write_json
+from edgepack.bench import BenchSettings, bench_bundle
+from edgepack.bundle import sha256_file, staging, write_bundle_documents
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, EdgepackError
 from edgepack.latency import measure_batches
@@ -19,7 +20,6 @@ from edgepack.model import LoadedModel, count_params_and_macs, load_model
 from edgepack.onnx_export import check_against_torch, export_float_onnx
 from edgepack.progress import Progress, SilentProgress
 from edgepack.registry import get_target
-from edgepack.report import render_markdown
 from edgepack.runners import OrtRunner, TorchRunner
 from edgepack.targets.base import Artifact, ExportContext, Target
 from edgepack.verify import DriftReport, check_budget, classification_metrics, collect_outputs
@@ -74,13 +74,16 @@ class PackResult:
         return EXIT_DRIFT if "failed" in statuses else EXIT_OK
 
 
-def resolve_targets(recipe) -> list[Target]:
-    """Instantiate the recipe's targets and check they are installed and can honour the recipe."""
-    targets = [get_target(name) for name in recipe.targets]
-    for target in targets:
+def resolve_targets(recipe) -> list[tuple[Target, object]]:
+    """The recipe's targets with their validated options, checked to be installed and able to honour it."""
+    resolved = []
+    for name in recipe.targets:
+        target = get_target(name)
+        options = target.parse_options(recipe.target_options.get(name, {}))
         target.check_available()
         target.check_recipe(recipe)
-    return targets
+        resolved.append((target, options))
+    return resolved
 
 
 def load_data(recipe) -> tuple[SampleSet, SampleSet]:
@@ -91,8 +94,11 @@ def load_data(recipe) -> tuple[SampleSet, SampleSet]:
     return calibration, evaluation
 
 
-def pack(recipe, progress: Progress = SilentProgress()) -> PackResult:
-    """Validate everything, build and verify every target's artifacts, and write the bundle."""
+def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -> PackResult:
+    """Validate everything, build and verify every target's artifacts, and write the bundle.
+
+    With `bench`, every artifact and the float baselines are also timed in fresh processes
+    (`edgepack bench`) and the figures go into the manifest and reports."""
     targets = resolve_targets(recipe)
     with progress.step("reading calibration and evaluation data"):
         calibration, evaluation = load_data(recipe)
@@ -110,16 +116,20 @@ def pack(recipe, progress: Progress = SilentProgress()) -> PackResult:
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(loaded, recipe, evaluation, reference_path)
         results = []
-        for target in targets:
-            results.append(_run_target(target, recipe, loaded, calibration, evaluation, reference_outputs,
-                                       reference_path, stage, Path(scratch), progress))
+        for target, options in targets:
+            results.append(_run_target(target, options, recipe, loaded, calibration, evaluation,
+                                       reference_outputs, reference_path, stage, Path(scratch), progress))
         reference_entry = {"path": f"{REFERENCE_DIR}/{REFERENCE_FILE}", "sha256": sha256_file(reference_path),
                            "size_bytes": reference_path.stat().st_size, "format": "onnx", "precision": "fp32",
                            "max_abs_difference_vs_torch": export_difference}
         manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
                                   calibration=calibration, evaluation=evaluation, warnings=warnings)
-        write_json(stage / MANIFEST, manifest)
-        (stage / REPORT).write_text(render_markdown(manifest))
+        if bench:
+            manifest["bench"] = bench_bundle(stage, BenchSettings(
+                batch_size=recipe.latency.batch_size, warmup=recipe.latency.warmup,
+                repeats=recipe.latency.repeats, threads=recipe.latency.threads), manifest=manifest,
+                progress=progress)
+        write_bundle_documents(stage, manifest)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
 
 
@@ -156,7 +166,7 @@ def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet, referenc
     return source, outputs
 
 
-def _run_target(target: Target, recipe, loaded: LoadedModel, calibration: SampleSet, evaluation: SampleSet,
+def _run_target(target: Target, options, recipe, loaded: LoadedModel, calibration: SampleSet, evaluation: SampleSet,
                 reference_outputs: np.ndarray, reference_path: Path, stage: Path, scratch: Path,
                 progress: Progress) -> TargetResult:
     """Export, run and measure one target; an error here is recorded and the other targets go on."""
@@ -166,7 +176,8 @@ def _run_target(target: Target, recipe, loaded: LoadedModel, calibration: Sample
     scratch_dir.mkdir()
     context = ExportContext(float_onnx=reference_path, module=loaded.module, inputs=list(recipe.inputs),
                             calibration=calibration, method=recipe.calibration.method,
-                            quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir)
+                            quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
+                            options=options)
     try:
         with progress.step(f"{target.name}: building artifacts"):
             artifacts = target.export(context)

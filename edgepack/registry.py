@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "edgepack.targets"
 # name -> "module:Class"; modules are imported only when the target is used.
 BUILTIN_TARGETS = {
     "x86": "edgepack.targets.onnx_x86:X86Target",
+    "cuda": "edgepack.targets.onnx_cuda:CudaTarget",
 }
 
 

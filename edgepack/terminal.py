@@ -80,3 +80,23 @@ def render_bundle_check(check) -> None:
         details = ", ".join(c.describe() for c in report.checks)
         out.print(f"{status} {path}: {details}")
     out.print(f"checksums ok; drift re-measured on {check.samples} samples")
+
+
+def render_bench(figures: dict) -> None:
+    """The benchmark table: latency, memory, size and ratios against PyTorch eager from the same run."""
+    settings = figures["settings"]
+    large = f"batch_{settings['batch_size']}"
+    table = Table(title="edgepack bench")
+    for column in ("entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up b1",
+                   f"speed-up b{settings['batch_size']}", "size vs eager", "peak RSS MB"):
+        table.add_column(column, justify="left" if column in ("entry", "runs on") else "right")
+    for row in figures["rows"]:
+        speedup = row.get("speedup_vs_eager", {})
+        table.add_row(row["name"], row["device"], f"{row['size_bytes'] / 1e6:.3f}" if row.get("size_bytes") else "—",
+                      f"{row['latency']['batch_1']['median_ms']:.3f}", f"{row['latency'][large]['median_ms']:.2f}",
+                      f"{speedup['batch_1']:.2f}x" if speedup else "—", f"{speedup[large]:.2f}x" if speedup else "—",
+                      f"{row['size_vs_eager']:.2f}x" if "size_vs_eager" in row else "—", f"{row['peak_rss_mb']:.0f}")
+    out.print(table)
+    out.print(f"median of {settings['repeats']} runs after {settings['warmup']} warm-up, {settings['threads']} threads, "
+              f"each entry in a fresh process; data: {settings['data']}. Latency on CPUExecutionProvider is CPU "
+              "latency, never GPU latency.")

@@ -8,8 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from edgepack.errors import ConfigError, MissingDependencyError
 from edgepack.runners import Runner
+
+
+class NoOptions(BaseModel):
+    """A target without options of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class ExportContext:
     quantization: Any
     out_dir: Path
     scratch_dir: Path
+    options: BaseModel = NoOptions()
 
 
 class Target(ABC):
@@ -47,6 +56,7 @@ class Target(ABC):
     extra: ClassVar[str]
     required_modules: ClassVar[tuple[str, ...]]
     calibration_methods: ClassVar[frozenset[str]]
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def check_available(self) -> None:
         """Raise MissingDependencyError naming the extra when a required package is missing."""
@@ -60,6 +70,15 @@ class Target(ABC):
         if method not in self.calibration_methods:
             raise ConfigError(f"target '{self.name}' does not support calibration method '{method}' "
                               f"(supported: {', '.join(sorted(self.calibration_methods))})")
+
+    def parse_options(self, raw: dict) -> BaseModel:
+        """Validate this target's section of the recipe's `target_options`."""
+        try:
+            return self.Options.model_validate(raw or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+            raise ConfigError(f"target_options.{self.name}: {problems} "
+                              f"(valid keys: {', '.join(self.Options.model_fields) or 'none'})") from exc
 
     @abstractmethod
     def export(self, context: ExportContext) -> list[Artifact]:

@@ -18,16 +18,16 @@ from tests.conftest import base_recipe
 pytestmark = pytest.mark.e2e
 
 
-def _pack(example, out, **changes):
+def _pack(example, out, bench=False, **changes):
     data = base_recipe(example, out)
     for key, value in changes.items():
         data[key] = value
-    return pack(parse_recipe(data, source="test", base_dir=example))
+    return pack(parse_recipe(data, source="test", base_dir=example), bench=bench)
 
 
 @pytest.fixture(scope="module")
 def packed(trained_example, tmp_path_factory):
-    return _pack(trained_example, tmp_path_factory.mktemp("e2e") / "bundle")
+    return _pack(trained_example, tmp_path_factory.mktemp("e2e") / "bundle", bench=True)
 
 
 def test_bundle_layout_and_checksums(packed):

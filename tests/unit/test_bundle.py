@@ -8,9 +8,13 @@ import os
 
 import pytest
 
-from edgepack.bundle import (MANIFEST, SCHEMA_VERSION, check_checksums, read_manifest, sha256_file, staging,
-                             write_json)
+from edgepack.bundle import MANIFEST, SCHEMA_VERSION, check_checksums, read_manifest, sha256_file, staging
 from edgepack.errors import ConfigError, VerificationError
+
+
+def write_json(path, data):
+    """Write `data` as JSON."""
+    path.write_text(json.dumps(data))
 
 
 def entries(folder):

@@ -162,13 +162,13 @@ def test_mismatched_sample_counts_rejected(tmp_path):
 
 def test_missing_input_array_rejected(tmp_path):
     np.savez(tmp_path / "d.npz", image=np.zeros((4, 2, 2), np.float32), label=np.zeros(4, np.int64))
-    with pytest.raises(DataError, match=r"no array\(s\) named 'x' \(found: label\)"):
+    with pytest.raises(DataError, match=r"no array\(s\) named 'x' \(the data holds: image, label\)"):
         load(tmp_path / "d.npz")
 
 
 def test_missing_label_array_rejected(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 2), np.float32), y=np.zeros(4, np.int64))
-    with pytest.raises(DataError, match=r"no label array named 'label' \(found: x\)"):
+    with pytest.raises(DataError, match=r"no label array named 'label' \(the data holds: x, y\)"):
         load(tmp_path / "d.npz")
 
 

@@ -1,0 +1,175 @@
+"""report.html: a self-contained page (inline CSS, plots as embedded PNG) from the bundle manifest."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;width:100%;font-size:.9rem;margin:.5rem 0}
+th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right} th{background:#f4f4f4}
+td.l,th.l{text-align:left} .pass{color:#17702a;font-weight:600} .fail{color:#b00020;font-weight:600}
+.badge{display:inline-block;padding:.2rem .6rem;border-radius:.3rem;color:#fff;font-weight:700}
+.badge.pass{background:#17702a;color:#fff} .badge.fail{background:#b00020;color:#fff}
+.note{color:#666;font-size:.85rem} figure{display:inline-block;margin:.5rem} img{max-width:520px}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _verdict(passed: bool) -> str:
+    return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
+
+
+def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _artifacts(manifest: dict) -> list[tuple[str, dict]]:
+    return [(name, item) for name, target in manifest["targets"].items() for item in target.get("artifacts", [])]
+
+
+def _large_key(manifest: dict) -> str:
+    return f"batch_{manifest['latency_settings']['batch_size']}"
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plots(manifest: dict) -> list[tuple[str, str]]:
+    """(caption, base64 PNG) for size vs accuracy and latency vs accuracy, float model included."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    large = _large_key(manifest)
+    source = manifest["source_model"]
+    points = [("float fp32 ONNX", manifest["reference"]["size_bytes"] / 1e6,
+               source["reference_onnx_latency"][large]["median_ms"], source["metrics"]["accuracy"])]
+    points += [(item["path"], item["size_bytes"] / 1e6, item["latency"][large]["median_ms"],
+                item["metrics"].get("accuracy", float("nan"))) for _, item in _artifacts(manifest)]
+    plots = []
+    for axis_index, (label, caption) in enumerate(
+            (("size (MB)", "Size vs accuracy"),
+             (f"median latency at {large.replace('_', ' ')} (ms, this CPU)", "Latency vs accuracy"))):
+        figure, axes = plt.subplots(figsize=(5.2, 3.6))
+        for index, (name, size, latency, accuracy) in enumerate(points):
+            x = size if axis_index == 0 else latency
+            axes.scatter([x], [accuracy], s=60, marker="os^Dv<>p*h"[index % 10], label=name, alpha=0.8)
+        axes.legend(fontsize=7, loc="best")
+        axes.set_xlabel(label)
+        axes.set_ylabel("accuracy on held-out data")
+        axes.grid(alpha=0.3)
+        axes.set_title(caption)
+        plots.append((caption, _png(figure)))
+        plt.close(figure)
+    return plots
+
+
+def render_html(manifest: dict) -> str:
+    """The whole report page."""
+    large = _large_key(manifest)
+    source = manifest["source_model"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgepack: {_e(manifest['name'])}</title>",
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>edgepack bundle: {_e(manifest['name'])}</h1>",
+             f"<p><span class='badge {'pass' if manifest['passed'] else 'fail'}'>"
+             f"{'PASSED' if manifest['passed'] else 'FAILED'}</span> task <code>{_e(manifest['task'])}</code>, "
+             f"created {_e(manifest['created_utc'])}</p>"]
+    rows = [["float", _e(source["runtime"]), f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
+             f"{source['metrics']['accuracy']:.4f}", "—", "—", "—",
+             f"{source['latency']['batch_1']['median_ms']:.3f}", f"{source['latency'][large]['median_ms']:.2f}", ""]]
+    for name, item in _artifacts(manifest):
+        metrics = item["metrics"]
+        rows.append([_e(name), f"<code>{_e(item['path'])}</code> ({_e(item['precision'])})",
+                     f"{item['size_bytes'] / 1e6:.3f}", f"{item['size_ratio_vs_fp32_onnx']:.2f}x",
+                     f"{metrics.get('accuracy', float('nan')):.4f}", f"{metrics.get('accuracy_drop', float('nan')):+.2f}",
+                     f"{metrics['top1_agreement']:.4f}", f"{metrics['kl']:.2e}",
+                     f"{item['latency']['batch_1']['median_ms']:.3f}", f"{item['latency'][large]['median_ms']:.2f}",
+                     _verdict(item["passed"])])
+    for name, target in manifest["targets"].items():
+        if target["status"] == "error":
+            rows.append([_e(name), f"<span class='fail'>error</span>: {_e(target['error'])}"] + [""] * 8 + [_verdict(False)])
+    parts += ["<h2>Artifacts</h2>",
+              _table(["target", "artifact", "size MB", "vs fp32 ONNX", "accuracy", "drop (pts)", "top-1 agreement",
+                      "KL", "ms b1", f"ms b{large.split('_')[1]}", "verdict"], rows, left=2),
+              "<p class='note'>Latency: median wall time on this machine's CPU "
+              f"({_e(manifest['latency_settings']['machine']['processor'])}, "
+              f"{manifest['latency_settings']['threads']} threads). Drift: each artifact against the float model on "
+              f"{manifest['evaluation']['samples']} held-out samples.</p>"]
+    notes = sorted({item["structure"].get("validation") for _, item in _artifacts(manifest)} - {None})
+    parts += [f"<p class='note'>{_e(note)}</p>" for note in notes]
+    parts.append("<h2>Size, accuracy and latency</h2>")
+    parts += [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
+              "</figcaption></figure>" for caption, data in _plots(manifest)]
+    parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),
+              "<h2>Compression</h2>", _compression(manifest)]
+    if "bench" in manifest:
+        parts += ["<h2>Benchmark (each entry in a fresh process)</h2>", _bench_table(manifest["bench"])]
+    parts += ["<h2>Provenance</h2>",
+              "<p class='note'>" + ", ".join(f"{_e(k)} {_e(v)}" for k, v in manifest["toolchain"].items()) + "</p>",
+              "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _drift_table(manifest: dict) -> str:
+    rows = []
+    for name, item in _artifacts(manifest):
+        metrics = item["metrics"]
+        for check in item["drift"]:
+            rows.append([_e(name), f"<code>{_e(item['path'])}</code>", _e(check["metric"]), f"{check['value']:.4g}",
+                         f"{_e(check['bound'])} {check['limit']:g}", _verdict(check["passed"])])
+        rows.append([_e(name), f"<code>{_e(item['path'])}</code>", "max abs / relative L2 error",
+                     f"{metrics['max_abs_error']:.3g} / {metrics['relative_l2']:.3g}", "(reported)", ""])
+    return _table(["target", "artifact", "metric", "measured", "budget", "verdict"], rows, left=3)
+
+
+def _compression(manifest: dict) -> str:
+    source = manifest["source_model"]
+    calibration = manifest["calibration"]
+    lines = []
+    if "pruning" in manifest:
+        lines.append(f"<p>Pruning: {_e(manifest['pruning'].get('summary', ''))}</p>")
+    else:
+        lines.append("<p>Pruning: none in this recipe.</p>")
+    if "params" in source:
+        lines.append(f"<p>Float model: {source['params']:,} parameters, {source['macs']:,} MACs per sample.</p>")
+    method = ", ".join(f"{_e(k)}={_e(v)}" for k, v in calibration["method"].items())
+    lines.append(f"<p>Calibration: {method}; {calibration['samples_used']} samples "
+                 f"(batch {calibration['batch_size']}, seed {calibration['seed']}).</p>")
+    rows = []
+    for name, item in _artifacts(manifest):
+        structure = item["structure"]
+        ops = structure.get("op_counts", {})
+        by_dtype = ", ".join(f"{k} {v / 1e3:.1f} kB" for k, v in structure.get("initializer_bytes_by_dtype", {}).items())
+        rows.append([_e(name), f"<code>{_e(item['path'])}</code>", str(ops.get("QuantizeLinear", 0)),
+                     str(ops.get("DequantizeLinear", 0)), _e(by_dtype), _e(", ".join(structure.get("float_nodes", [])) or "—")])
+    lines.append(_table(["target", "artifact", "QuantizeLinear", "DequantizeLinear", "weights by dtype",
+                         "nodes kept float"], rows, left=2))
+    return "\n".join(lines)
+
+
+def _bench_table(bench: dict) -> str:
+    settings = bench["settings"]
+    large = f"batch_{settings['batch_size']}"
+    rows = [[_e(row["name"]), _e(row["device"]),
+             f"{row['size_bytes'] / 1e6:.3f}" if row.get("size_bytes") else "—",
+             f"{row['latency']['batch_1']['median_ms']:.3f}", f"{row['latency'][large]['median_ms']:.2f}",
+             f"{row['speedup_vs_eager'][large]:.2f}x" if "speedup_vs_eager" in row else "—",
+             f"{row['peak_rss_mb']:.0f}", f"{row['model_memory_mb']:.0f}"] for row in bench["rows"]]
+    note = (f"<p class='note'>{settings['repeats']} timed runs after {settings['warmup']} warm-up, "
+            f"{settings['threads']} threads; data: {_e(settings['data'])}. {_e(settings['memory'])}.</p>")
+    return _table(["entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up vs eager",
+                   "peak RSS MB", "model memory MB"], rows, left=2) + note

@@ -1,0 +1,83 @@
+"""Target `cuda`: FP16 ONNX and an explicit-QDQ INT8 ONNX in the form TensorRT expects.
+
+Validation runs on the CUDA execution provider when onnxruntime has it; otherwise on the CPU
+provider, where most fp16 kernels run as fp32 behind Casts: that checks the effect of rounding the
+weights, not CUDA's fp16 arithmetic, and the manifest says so. Latency is labelled with the
+provider it was measured on; no GPU figure is reported unless it was measured on a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from pydantic import BaseModel, ConfigDict
+
+from edgepack.onnx_inspect import describe_onnx
+from edgepack.ort_quant import QdqSettings, quantize_qdq
+from edgepack.runners import OrtRunner
+from edgepack.targets.base import Artifact, ExportContext, Target
+
+PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU_NOTE = "validated on CPU (CPUExecutionProvider); fp16 numerics approximated, latency is CPU latency"
+
+
+class CudaOptions(BaseModel):
+    """Options under `target_options.cuda` in the recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    keep_io_types: bool = True
+    int8: bool = True
+
+
+class CudaTarget(Target):
+    """FP16 ONNX plus symmetric INT8 QDQ ONNX (per-channel weights, zero points 0) for TensorRT / CUDA EP."""
+
+    name = "cuda"
+    description = "ONNX FP16 and INT8 explicit-QDQ for NVIDIA GPUs (CUDA / TensorRT execution providers)"
+    extra = "cuda"
+    required_modules = ("onnxruntime", "onnxscript")
+    calibration_methods = frozenset({"minmax", "percentile", "entropy"})
+    Options = CudaOptions
+
+    def export(self, context: ExportContext) -> list[Artifact]:
+        """Convert the checked fp32 ONNX to fp16, and quantize it to symmetric INT8 QDQ."""
+        import onnxruntime
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        options = context.options
+        validation = self._validation_note()
+        fp16_path = context.out_dir / "model.fp16.onnx"
+        fp16 = convert_float_to_float16(onnx.load(str(context.float_onnx)), keep_io_types=options.keep_io_types)
+        onnx.save(fp16, str(fp16_path))
+        artifacts = [self._artifact(fp16_path, "fp16", onnxruntime.__version__, validation,
+                                    {"keep_io_types": options.keep_io_types})]
+        if options.int8:
+            int8_path = context.out_dir / "model.int8.qdq.onnx"
+            settings = QdqSettings(activation_type="int8", weight_type="int8", per_channel=True,
+                                   symmetric_activations=True, keep_input_convs_float=False)
+            quantize_qdq(context.float_onnx, int8_path, calibration=context.calibration,
+                         input_names=[spec.name for spec in context.inputs], method=context.method,
+                         settings=settings, scratch=context.scratch_dir)
+            artifacts.append(self._artifact(int8_path, "int8-qdq-symmetric", onnxruntime.__version__, validation,
+                                            {"calibration_method": context.method.model_dump()}))
+        return artifacts
+
+    def _artifact(self, path: Path, precision: str, version: str, validation: str, extra: dict) -> Artifact:
+        details = describe_onnx(path) | extra
+        details.update(layout="as exported (NCHW for images)", validation=validation,
+                       intended_providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+        return Artifact(target=self.name, path=path, format="onnx", precision=precision, runtime="onnxruntime",
+                        runtime_version=version, details=details)
+
+    @staticmethod
+    def _validation_note() -> str:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "validated on GPU (CUDAExecutionProvider)"
+        return CPU_NOTE
+
+    def runner(self, path: Path, *, threads: int) -> OrtRunner:
+        """CUDA execution provider when present, else CPU."""
+        return OrtRunner(path, threads=threads, providers=PROVIDERS)
