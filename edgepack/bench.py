@@ -20,6 +20,9 @@ from edgepack.latency import make_batch
 from edgepack.progress import Progress, SilentProgress
 
 
+EAGER = "float (PyTorch eager fp32)"
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """How latency is measured; all of it is recorded with the figures."""
@@ -48,7 +51,7 @@ def _jobs(bundle: Path, manifest: dict) -> list[tuple[str, str, dict]]:
     jobs = []
     source = manifest["source_model"]
     if source.get("kind") in ("factory", "pickle"):
-        jobs.append(("float (PyTorch eager fp32)", "baseline",
+        jobs.append((EAGER, "baseline",
                      {"kind": "torch", "recipe": manifest["recipe"], "base_dir": manifest["recipe_dir"]}))
     jobs.append(("float (ONNX Runtime fp32)", "baseline",
                  {"kind": "onnx", "path": str(bundle / manifest["reference"]["path"])}))
@@ -71,7 +74,7 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
              for target in manifest["targets"].values() for artifact in target.get("artifacts", [])}
     sizes["float (ONNX Runtime fp32)"] = manifest["reference"]["size_bytes"]
     if "size_bytes" in manifest["source_model"]:
-        sizes["float (PyTorch eager fp32)"] = manifest["source_model"]["size_bytes"]
+        sizes[EAGER] = manifest["source_model"]["size_bytes"]
     rows = []
     context = multiprocessing.get_context("spawn")
     for name, group, job in _jobs(bundle, manifest):
@@ -84,7 +87,7 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
             except Exception as exc:
                 raise EdgepackError(f"bench of {name} failed: {type(exc).__name__}: {exc}") from exc
         rows.append({"name": name, "group": group, "size_bytes": sizes.get(name), **measured})
-    _add_ratios(rows)
+    add_ratios(rows, eager=next((row for row in rows if row["name"] == EAGER), None))
     return {"settings": {**settings.__dict__, "batch_sizes": sorted(batches), "data": data_source,
                          "isolation": "each entry timed in a fresh process (multiprocessing spawn) with glibc "
                                       "malloc set to its steady state (mmap threshold 64 MB), as in a long-running app",
@@ -93,9 +96,8 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
             "rows": rows}
 
 
-def _add_ratios(rows: list[dict]) -> None:
+def add_ratios(rows: list[dict], *, eager: Optional[dict]) -> None:
     """Speed-up and size ratio of every row against the PyTorch eager row of the same run."""
-    eager = next((row for row in rows if row["name"] == "float (PyTorch eager fp32)"), None)
     if eager is None:
         return
     for row in rows:

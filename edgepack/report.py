@@ -43,8 +43,13 @@ def render_markdown(manifest: dict) -> str:
                 f"{'pass' if item['passed'] else 'FAIL'} |")
             failures += [f"- `{name}` `{item['path']}`: {check['metric']} {check['value']:.4g} outside "
                          f"{check['bound']} {check['limit']:g}" for check in item["drift"] if not check["passed"]]
+    notes = sorted({item["structure"].get("validation") for target in manifest["targets"].values()
+                    for item in target["artifacts"]} - {None})
+    lines += [f"\nNote: {note}." for note in notes]
     if failures:
         lines += ["", "## Failures", "", *failures]
+    if "bench" in manifest:
+        lines += ["", *_bench_lines(manifest["bench"])]
     settings = manifest["latency_settings"]
     calibration = manifest["calibration"]
     lines += ["", "## How this was measured", "",
@@ -59,3 +64,19 @@ def render_markdown(manifest: dict) -> str:
     if manifest["warnings"]:
         lines += ["", "## Warnings", "", *[f"- {warning}" for warning in manifest["warnings"]]]
     return "\n".join(lines) + "\n"
+
+
+def _bench_lines(bench: dict) -> list[str]:
+    settings = bench["settings"]
+    large = f"batch_{settings['batch_size']}"
+    lines = ["## Benchmark", "",
+             f"Each entry timed in a fresh process: median of {settings['repeats']} runs after {settings['warmup']} "
+             f"warm-up, {settings['threads']} threads. Ratios are against PyTorch eager fp32 from the same run.", "",
+             f"| entry | runs on | size | ms b1 | ms b{settings['batch_size']} | speed-up b{settings['batch_size']} "
+             "| peak RSS |", "|---|---|---|---|---|---|---|"]
+    for row in bench["rows"]:
+        size = _mb(row["size_bytes"]) if row.get("size_bytes") else "—"
+        speedup = f"{row['speedup_vs_eager'][large]:.2f}x" if "speedup_vs_eager" in row else "—"
+        lines.append(f"| {row['name']} | {row['device']} | {size} | {row['latency']['batch_1']['median_ms']:.3f} | "
+                     f"{row['latency'][large]['median_ms']:.2f} | {speedup} | {row['peak_rss_mb']:.0f} MB |")
+    return lines

@@ -30,8 +30,23 @@ class TerminalProgress:
         console.print(f"[yellow]warning:[/] {message}")
 
 
-def _ms(latency: dict, key: str) -> str:
-    return f"{latency[key]['median_ms']:.2f}" if key in latency else "—"
+def _in_process_figures(manifest: dict) -> dict:
+    """The latency measured during `pack` (same process), shaped like `edgepack bench` figures."""
+    from edgepack.bench import EAGER, add_ratios
+
+    source = manifest["source_model"]
+    settings = manifest["latency_settings"]
+    rows = [{"name": "float (ONNX Runtime fp32)", "size_bytes": manifest["reference"]["size_bytes"],
+             "latency": source["reference_onnx_latency"]}]
+    if source["runtime"] == "torch eager fp32":
+        rows.insert(0, {"name": EAGER, "size_bytes": source.get("size_bytes"), "latency": source["latency"]})
+    rows += [{"name": item["path"], "size_bytes": item["size_bytes"], "latency": item["latency"]}
+             for target in manifest["targets"].values() for item in target["artifacts"]]
+    for row in rows:
+        row["device"] = row["latency"]["batch_1"].get("device", "")
+    add_ratios(rows, eager=rows[0] if rows[0]["name"] == EAGER else None)
+    return {"settings": {**settings, "data": "evaluation data", "isolation": "measured in the pack process"},
+            "rows": rows}
 
 
 def render_pack(result) -> None:
@@ -40,27 +55,28 @@ def render_pack(result) -> None:
     source = manifest["source_model"]
     large = f"batch_{manifest['latency_settings']['batch_size']}"
     table = Table(title=f"edgepack: {manifest['name']} → {result.bundle}")
-    for column in ("target", "artifact", "size MB", "size ratio", "accuracy", "drop pts", "top-1 agree",
-                   "ms b1", f"ms b{large.split('_')[1]}", "speed-up vs eager", "verdict"):
-        table.add_column(column, justify="right" if column not in ("target", "artifact", "verdict") else "left")
-    eager = source["latency"][large]["median_ms"]
+    for column in ("target", "artifact", "size MB", "vs fp32 ONNX", "accuracy", "drop pts", "top-1 agree", "KL",
+                   "verdict"):
+        table.add_column(column, justify="left" if column in ("target", "artifact", "verdict") else "right")
     table.add_row("float", source["runtime"], f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
-                  f"{source['metrics']['accuracy']:.4f}", "—", "—", _ms(source["latency"], "batch_1"),
-                  _ms(source["latency"], large), "1.00x", "")
+                  f"{source['metrics']['accuracy']:.4f}", "—", "—", "—", "")
     for name, target in manifest["targets"].items():
         if target["status"] == "error":
-            table.add_row(name, "—", "", "", "", "", "", "", "", "", "[red]ERROR[/]")
+            table.add_row(name, "—", "", "", "", "", "", "", "[red]ERROR[/]")
         for item in target["artifacts"]:
             metrics = item["metrics"]
             table.add_row(name, item["path"], f"{item['size_bytes'] / 1e6:.3f}",
                           f"{item['size_ratio_vs_fp32_onnx']:.2f}x", f"{metrics['accuracy']:.4f}",
                           f"{metrics['accuracy_drop']:+.2f}", f"{metrics['top1_agreement']:.4f}",
-                          _ms(item["latency"], "batch_1"), _ms(item["latency"], large),
-                          f"{eager / item['latency'][large]['median_ms']:.2f}x",
-                          "[green]pass[/]" if item["passed"] else "[red]FAIL[/]")
+                          f"{metrics['kl']:.1e}", "[green]pass[/]" if item["passed"] else "[red]FAIL[/]")
     out.print(table)
-    out.print("size ratio: artifact / fp32 ONNX reference. Latency: median, "
-              f"{manifest['latency_settings']['threads']} threads, this machine's CPU.")
+    out.print(f"drift: against the float model on {manifest['evaluation']['samples']} held-out samples; "
+              "drop in percentage points.")
+    notes = {item["structure"].get("validation") for target in manifest["targets"].values()
+             for item in target["artifacts"]} - {None}
+    for note in sorted(notes):
+        out.print(f"note: {note}")
+    render_bench(manifest["bench"] if "bench" in manifest else _in_process_figures(manifest))
     for name, target in manifest["targets"].items():
         if target["status"] == "error":
             console.print(f"[red]target {name} failed:[/] {target['error']}")
@@ -86,7 +102,7 @@ def render_bench(figures: dict) -> None:
     """The benchmark table: latency, memory, size and ratios against PyTorch eager from the same run."""
     settings = figures["settings"]
     large = f"batch_{settings['batch_size']}"
-    table = Table(title="edgepack bench")
+    table = Table(title=f"latency ({settings.get('isolation', 'edgepack bench')})")
     for column in ("entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up b1",
                    f"speed-up b{settings['batch_size']}", "size vs eager", "peak RSS MB"):
         table.add_column(column, justify="left" if column in ("entry", "runs on") else "right")
@@ -95,8 +111,9 @@ def render_bench(figures: dict) -> None:
         table.add_row(row["name"], row["device"], f"{row['size_bytes'] / 1e6:.3f}" if row.get("size_bytes") else "—",
                       f"{row['latency']['batch_1']['median_ms']:.3f}", f"{row['latency'][large]['median_ms']:.2f}",
                       f"{speedup['batch_1']:.2f}x" if speedup else "—", f"{speedup[large]:.2f}x" if speedup else "—",
-                      f"{row['size_vs_eager']:.2f}x" if "size_vs_eager" in row else "—", f"{row['peak_rss_mb']:.0f}")
+                      f"{row['size_vs_eager']:.2f}x" if "size_vs_eager" in row else "—",
+                      f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "—")
     out.print(table)
     out.print(f"median of {settings['repeats']} runs after {settings['warmup']} warm-up, {settings['threads']} threads, "
-              f"each entry in a fresh process; data: {settings['data']}. Latency on CPUExecutionProvider is CPU "
-              "latency, never GPU latency.")
+              f"{settings.get('isolation', '')}; data: {settings['data']}. Latency on CPUExecutionProvider is "
+              "CPU latency, never GPU latency.")

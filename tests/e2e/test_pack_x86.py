@@ -11,23 +11,11 @@ import torch
 from edgepack.bundle import sha256_file
 from edgepack.config import parse_recipe
 from edgepack.errors import EXIT_DRIFT, EXIT_OK
-from edgepack.pipeline import pack
 from edgepack.verify_bundle import verify_bundle
 from tests.conftest import base_recipe
+from tests.e2e.conftest import pack_example
 
 pytestmark = pytest.mark.e2e
-
-
-def _pack(example, out, bench=False, **changes):
-    data = base_recipe(example, out)
-    for key, value in changes.items():
-        data[key] = value
-    return pack(parse_recipe(data, source="test", base_dir=example), bench=bench)
-
-
-@pytest.fixture(scope="module")
-def packed(trained_example, tmp_path_factory):
-    return _pack(trained_example, tmp_path_factory.mktemp("e2e") / "bundle", bench=True)
 
 
 def test_bundle_layout_and_checksums(packed):
@@ -76,7 +64,7 @@ def test_int8_artifact_is_smaller_and_drift_is_small(packed):
                                     {"name": "entropy", "num_bins": 1024, "num_quantized_bins": 128}])
 def test_calibration_methods_give_different_valid_artifacts(trained_example, tmp_path, packed, method):
     calibration = base_recipe(trained_example, tmp_path)["calibration"] | {"method": method}
-    result = _pack(trained_example, tmp_path / "bundle", calibration=calibration)
+    result = pack_example(trained_example, tmp_path / "bundle", calibration=calibration)
     assert result.exit_code == EXIT_OK
     artifact = result.manifest["targets"]["x86"]["artifacts"][0]
     assert artifact["sha256"] != packed.manifest["targets"]["x86"]["artifacts"][0]["sha256"]
@@ -85,7 +73,7 @@ def test_calibration_methods_give_different_valid_artifacts(trained_example, tmp
 
 
 def test_drift_over_budget_fails_with_a_bundle_saying_so(trained_example, tmp_path):
-    result = _pack(trained_example, tmp_path / "bundle", budget={"min_top1_agreement": 1.0, "max_kl": 0.0})
+    result = pack_example(trained_example, tmp_path / "bundle", budget={"min_top1_agreement": 1.0, "max_kl": 0.0})
     assert result.exit_code == EXIT_DRIFT
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["passed"] is False and manifest["targets"]["x86"]["status"] == "failed"
@@ -103,7 +91,7 @@ def test_verify_rechecks_a_bundle_from_the_bundle_alone(packed, trained_example)
 
 def test_onnx_source_model_is_quantized_and_verified(packed, trained_example, tmp_path):
     model = {"onnx": str(packed.bundle / "reference" / "model.fp32.onnx")}
-    result = _pack(trained_example, tmp_path / "bundle", model=model)
+    result = pack_example(trained_example, tmp_path / "bundle", model=model)
     assert result.exit_code == EXIT_OK
     assert result.manifest["source_model"]["kind"] == "onnx"
     assert result.manifest["source_model"]["runtime"] == "onnxruntime fp32"
@@ -117,5 +105,5 @@ def test_pickled_module_loads_only_when_allowed(trained_example, tmp_path):
     recipe = parse_recipe(base_recipe(trained_example, tmp_path / "b"), source="t", base_dir=trained_example)
     pickled = tmp_path / "whole.pt"
     torch.save(load_model(recipe).module, pickled)
-    result = _pack(trained_example, tmp_path / "bundle", model={"pickle": str(pickled), "allow_pickle": True})
+    result = pack_example(trained_example, tmp_path / "bundle", model={"pickle": str(pickled), "allow_pickle": True})
     assert result.exit_code == EXIT_OK and result.manifest["source_model"]["kind"] == "pickle"

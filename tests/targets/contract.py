@@ -40,7 +40,8 @@ class TargetContract:
         target = get_target(self.target_name)
         context = ExportContext(float_onnx=float_onnx, module=module, inputs=list(recipe.inputs),
                                 calibration=calibration, method=recipe.calibration.method,
-                                quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch)
+                                quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch,
+                                options=target.parse_options({}))
         return target, target.export(context), module, evaluation, out_dir
 
     def test_declares_its_needs(self):
