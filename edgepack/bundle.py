@@ -111,5 +111,6 @@ def check_checksums(bundle: Path, manifest: dict) -> list[str]:
 def iter_files(manifest: dict) -> Iterator[dict]:
     """Manifest entries that describe files: the reference model and every artifact."""
     yield manifest["reference"]
+    yield from manifest.get("pruning", {}).get("files", [])
     for target in manifest["targets"].values():
         yield from target.get("artifacts", [])

@@ -130,6 +130,36 @@ class Budget(_Section):
     max_relative_l2: Optional[float] = Field(None, ge=0.0)
 
 
+class PruneConfig(_Section):
+    """Structured pruning with torch-pruning's dependency graph."""
+
+    ratio: float = Field(gt=0.0, lt=1.0, description="fraction of MACs or parameters to remove")
+    by: Literal["macs", "params"] = "macs"
+    importance: Literal["l1", "l2", "taylor", "group_magnitude"] = "l2"
+    global_pruning: bool = False
+    steps: int = Field(1, ge=1, le=20)
+    round_to: Optional[int] = Field(8, ge=1)
+    ignore: list[str] = Field(default_factory=list)
+    max_layer_ratio: float = Field(0.9, gt=0.0, le=1.0)
+
+
+class DistillConfig(DataSource):
+    """Knowledge distillation from the float model (teacher) into the pruned student."""
+
+    labels: Optional[str] = None
+    batch_size: int = Field(64, ge=1)
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the distillation term vs label loss")
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    time_budget_s: float = Field(300.0, gt=0.0)
+    patience: int = Field(3, ge=1)
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    features: list[tuple[str, str]] = Field(default_factory=list,
+                                            description="(student module, teacher module) pairs to match")
+    feature_weight: float = Field(1.0, ge=0.0)
+
+
 class LatencyConfig(_Section):
     """How latency is measured."""
 
@@ -153,6 +183,8 @@ class Recipe(_Section):
     target_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    prune: Optional[PruneConfig] = None
+    distill: Optional[DistillConfig] = None
     output: Optional[Path] = None  # relative to the working directory, like --out
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -173,6 +205,10 @@ class Recipe(_Section):
         if self.task not in TASKS_IMPLEMENTED:
             raise ValueError(f"task '{self.task}' is part of the schema but not implemented in this version; "
                              f"use one of {', '.join(TASKS_IMPLEMENTED)}")
+        if self.distill is not None and self.prune is None:
+            raise ValueError("'distill' recovers accuracy after pruning: it needs a 'prune' section")
+        if self.prune is not None and self.model.onnx is not None:
+            raise ValueError("'prune' needs a PyTorch model (factory or pickle), not an ONNX file")
         for target_name in self.target_options:
             check_target_name(target_name)
         names = [spec.name for spec in self.inputs]

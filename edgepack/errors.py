@@ -46,6 +46,10 @@ class ExportError(EdgepackError):
     """An artifact could not be produced, or does not match the model it came from."""
 
 
+class PruningError(EdgepackError):
+    """Pruning could not be done correctly (self-check mismatch, unsupported pattern)."""
+
+
 class VerificationError(EdgepackError):
     """A bundle failed its integrity checks (checksums, missing files)."""
 

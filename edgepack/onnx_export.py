@@ -47,8 +47,21 @@ def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.nda
             root = root.__cause__
         first_line = (str(root).strip().splitlines() or [""])[0]
         raise ExportError(f"ONNX export failed: {type(root).__name__}: {first_line}") from exc
+    strip_debug_info(path)
     onnx.checker.check_model(str(path))
     return path
+
+
+def strip_debug_info(path: Path) -> None:
+    """Drop what only debugging needs from a deployment model: the exporter's per-node metadata
+    (source stack traces, original node names), doc strings and intermediate shape annotations.
+    Runtimes do not read them; on the pruned example they were 10% of the INT8 file."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
 
 
 def check_against_torch(module: torch.nn.Module, path: Path, inputs, batch: dict[str, np.ndarray],

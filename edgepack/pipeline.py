@@ -13,7 +13,8 @@ import numpy as np
 from edgepack.bench import BenchSettings, bench_bundle
 from edgepack.bundle import sha256_file, staging, write_bundle_documents
 from edgepack.calibration.dataset import SampleSet, load_sample_set
-from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, EdgepackError
+from edgepack.compress import compress, compression_manifest, save_compressed
+from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, EdgepackError, ExportError
 from edgepack.latency import measure_batches
 from edgepack.manifest import build_manifest
 from edgepack.model import LoadedModel, count_params_and_macs, load_model
@@ -26,6 +27,7 @@ from edgepack.verify import DriftReport, check_budget, classification_metrics, c
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "model.fp32.onnx"
+PRUNED_DIR = "pruned"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
         progress.warn(warning)
     with progress.step("loading the float model"):
         loaded = load_model(recipe)
+    compressed = compress(loaded.module, recipe, calibration, evaluation, progress) if recipe.prune else None
     threads = recipe.latency.threads
     with staging(recipe.output) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
         reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
@@ -115,15 +118,22 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
             export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path, threads)
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(loaded, recipe, evaluation, reference_path)
+        student_module, student_onnx, pruning = loaded.module, reference_path, None
+        if compressed is not None:
+            with progress.step("saving, reloading and exporting the pruned model"):
+                student_module, student_onnx = compressed.module, stage / PRUNED_DIR / "model.fp32.onnx"
+                pruning = _pruned_outputs(compressed, recipe, evaluation, source, stage)
         results = []
         for target, options in targets:
-            results.append(_run_target(target, options, recipe, loaded, calibration, evaluation,
-                                       reference_outputs, reference_path, stage, Path(scratch), progress))
+            results.append(_run_target(target, options, recipe, student_module, student_onnx, calibration,
+                                       evaluation, reference_outputs, stage, Path(scratch), progress))
         reference_entry = {"path": f"{REFERENCE_DIR}/{REFERENCE_FILE}", "sha256": sha256_file(reference_path),
                            "size_bytes": reference_path.stat().st_size, "format": "onnx", "precision": "fp32",
                            "max_abs_difference_vs_torch": export_difference}
         manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
                                   calibration=calibration, evaluation=evaluation, warnings=warnings)
+        if pruning is not None:
+            manifest["pruning"] = pruning
         if bench:
             manifest["bench"] = bench_bundle(stage, BenchSettings(
                 batch_size=recipe.latency.batch_size, warmup=recipe.latency.warmup,
@@ -166,15 +176,41 @@ def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet, referenc
     return source, outputs
 
 
-def _run_target(target: Target, options, recipe, loaded: LoadedModel, calibration: SampleSet, evaluation: SampleSet,
-                reference_outputs: np.ndarray, reference_path: Path, stage: Path, scratch: Path,
+def _pruned_outputs(compressed, recipe, evaluation: SampleSet, source: dict, stage: Path) -> dict:
+    """Write the pruned model (whole program + fp32 ONNX), check both, measure it, describe it."""
+    folder = stage / PRUNED_DIR
+    folder.mkdir()
+    program, onnx_path = folder / "model.pt2", folder / "model.fp32.onnx"
+    reload_difference = save_compressed(compressed, evaluation.arrays, recipe.input_names, program)
+    if reload_difference > 1e-5:
+        raise ExportError(f"the reloaded pruned model differs from the pruned model by {reload_difference:.3g}")
+    sample = next(evaluation.batches())
+    export_float_onnx(compressed.module, recipe.inputs, {k: v[:2] for k, v in sample.items()}, onnx_path)
+    check_against_torch(compressed.module, onnx_path, recipe.inputs, sample, threads=recipe.latency.threads)
+    latency = {
+        "torch_eager_fp32": {"before": source["latency"],
+                             "after": measure_batches(TorchRunner(compressed.module, recipe.input_names,
+                                                                  recipe.latency.threads), evaluation.arrays,
+                                                      recipe.latency)},
+        "onnxruntime_fp32": {"before": source["reference_onnx_latency"],
+                             "after": measure_batches(OrtRunner(onnx_path, threads=recipe.latency.threads),
+                                                      evaluation.arrays, recipe.latency)},
+    }
+    section = compression_manifest(compressed, latency=latency, reload_difference=reload_difference)
+    section["files"] = [{"path": f"{PRUNED_DIR}/{path.name}", "sha256": sha256_file(path),
+                         "size_bytes": path.stat().st_size} for path in (program, onnx_path)]
+    return section
+
+
+def _run_target(target: Target, options, recipe, module, float_onnx: Path, calibration: SampleSet,
+                evaluation: SampleSet, reference_outputs: np.ndarray, stage: Path, scratch: Path,
                 progress: Progress) -> TargetResult:
     """Export, run and measure one target; an error here is recorded and the other targets go on."""
     out_dir = stage / target.name
     out_dir.mkdir()
     scratch_dir = scratch / target.name
     scratch_dir.mkdir()
-    context = ExportContext(float_onnx=reference_path, module=loaded.module, inputs=list(recipe.inputs),
+    context = ExportContext(float_onnx=float_onnx, module=module, inputs=list(recipe.inputs),
                             calibration=calibration, method=recipe.calibration.method,
                             quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
                             options=options)

@@ -19,6 +19,8 @@ ENTRY_POINT_GROUP = "edgepack.targets"
 BUILTIN_TARGETS = {
     "x86": "edgepack.targets.onnx_x86:X86Target",
     "cuda": "edgepack.targets.onnx_cuda:CudaTarget",
+    "arm-tflite": "edgepack.targets.tflite_arm:TfliteArmTarget",
+    "arm-xnnpack": "edgepack.targets.xnnpack_arm:XnnpackArmTarget",
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 from pydantic import BaseModel, ConfigDict
 
+from edgepack.onnx_export import strip_debug_info
 from edgepack.onnx_inspect import describe_onnx
 from edgepack.ort_quant import QdqSettings, quantize_qdq
 from edgepack.runners import OrtRunner
@@ -64,6 +65,7 @@ class CudaTarget(Target):
         return artifacts
 
     def _artifact(self, path: Path, precision: str, version: str, validation: str, extra: dict) -> Artifact:
+        strip_debug_info(path)
         details = describe_onnx(path) | extra
         details.update(layout="as exported (NCHW for images)", validation=validation,
                        intended_providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgepack.onnx_export import strip_debug_info
 from edgepack.onnx_inspect import describe_onnx
 from edgepack.ort_quant import QdqSettings, quantize_qdq
 from edgepack.runners import OrtRunner
@@ -31,6 +32,7 @@ class X86Target(Target):
         outcome = quantize_qdq(context.float_onnx, path, calibration=context.calibration,
                      input_names=[spec.name for spec in context.inputs], method=context.method,
                      settings=settings, scratch=context.scratch_dir)
+        strip_debug_info(path)
         details = describe_onnx(path)
         details["layout"] = "as exported (NCHW for images)"
         details["float_nodes"] = list(outcome.float_nodes)

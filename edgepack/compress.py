@@ -1,0 +1,103 @@
+"""Compression before quantization: pruning with self-checks, then distillation from the float model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from edgepack.calibration.dataset import SampleSet, load_sample_set
+from edgepack.distill import DistillReport, distill
+from edgepack.progress import Progress
+from edgepack.prune import PruneResult, as_tensors, prune_model, reload_and_check, save_pruned
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """The compressed student and the measurements that justify it."""
+
+    module: torch.nn.Module
+    pruning: PruneResult
+    distillation: Optional[DistillReport]
+    accuracy: dict[str, float]
+
+
+def _accuracy(module: torch.nn.Module, evaluation: SampleSet, names: list[str]) -> float:
+    with torch.no_grad():
+        logits = torch.cat([module(*as_tensors(batch, names)) for batch in evaluation.batches()])
+    return float((logits.argmax(1).numpy() == evaluation.labels).mean())
+
+
+def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluation: SampleSet,
+             progress: Progress) -> CompressionResult:
+    """Prune the float model to the recipe's target (distilling between steps if asked) and recover it."""
+    names = recipe.input_names
+    example = as_tensors({k: v[:16] for k, v in calibration.arrays.items()}, names)
+    distill_data = None
+    if recipe.distill is not None:
+        distill_data = load_sample_set(recipe.distill, recipe.inputs, role="distillation", base_dir=recipe.base_dir,
+                                       labels=recipe.distill.labels)
+        for warning in distill_data.warnings:
+            progress.warn(warning)
+
+    def taylor_loss(model):
+        inputs = as_tensors(calibration.arrays, names)
+        with torch.no_grad():
+            pseudo_labels = teacher(*inputs).argmax(1)
+        return F.cross_entropy(model(*inputs), pseudo_labels)
+
+    def recover(model, step):
+        with progress.step(f"distilling after pruning step {step}"):
+            distill(model, teacher, distill_data.arrays, distill_data.labels, names, recipe.distill,
+                    seed=recipe.distill.seed)
+
+    with progress.step(f"pruning {recipe.prune.ratio:.0%} of {recipe.prune.by} in {recipe.prune.steps} step(s), "
+                       "self-checking every layer group"):
+        pruned = prune_model(teacher, example, recipe.prune, taylor_loss=taylor_loss,
+                             between_steps=recover if distill_data is not None else None)
+    accuracy = {"float": _accuracy(teacher, evaluation, names), "pruned": _accuracy(pruned.module, evaluation, names)}
+    report = None
+    if distill_data is not None:
+        with progress.step("distilling the pruned model from the float model"):
+            report = distill(pruned.module, teacher, distill_data.arrays, distill_data.labels, names,
+                             recipe.distill, seed=recipe.distill.seed)
+        accuracy["distilled"] = _accuracy(pruned.module, evaluation, names)
+    return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy)
+
+
+def save_compressed(result: CompressionResult, example: dict[str, np.ndarray], names: list[str], path: Path) -> float:
+    """Save the pruned model as a whole program and check that reloading gives identical outputs."""
+    tensors = as_tensors({k: v[:4] for k, v in example.items()}, names)
+    save_pruned(result.module, tensors, path)
+    return reload_and_check(path, result.module, tensors)
+
+
+def compression_manifest(result: CompressionResult, *, latency: dict, reload_difference: float) -> dict:
+    """The manifest's `pruning` section."""
+    pruning = result.pruning
+    section = {
+        "params": {"before": pruning.params_before, "after": pruning.params_after},
+        "macs": {"before": pruning.macs_before, "after": pruning.macs_after,
+                 "removed_fraction": 1 - pruning.macs_after / pruning.macs_before},
+        "size_bytes": {"before": pruning.params_before * 4, "after": pruning.params_after * 4},
+        "accuracy": result.accuracy,
+        "layers": {name: {"before": before, "after": after} for name, (before, after) in pruning.layers.items()},
+        "self_check": list(pruning.checks),
+        "notes": list(pruning.notes),
+        "latency": latency,
+        "reload_max_abs_difference": reload_difference,
+    }
+    section["summary"] = (f"{section['macs']['removed_fraction']:.0%} of MACs and "
+                          f"{1 - pruning.params_after / pruning.params_before:.0%} of parameters removed; accuracy "
+                          + " → ".join(f"{k} {v:.4f}" for k, v in result.accuracy.items()))
+    if result.distillation is not None:
+        report = result.distillation
+        section["distillation"] = {"epochs_run": report.epochs_run, "best_epoch": report.best_epoch,
+                                   "best_validation": report.best_validation,
+                                   "validation_metric": report.validation_metric, "stopped": report.stopped,
+                                   "seconds": report.seconds, "history": list(report.history)}
+    return section

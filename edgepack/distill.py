@@ -1,0 +1,156 @@
+"""Knowledge distillation: the float model (teacher) trains the pruned student.
+
+Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)   (Hinton et al. 2015)
+       + feature_weight * MSE(projection(student feature), teacher feature)        (FitNets, optional)
+Without labels the label term is dropped (pure distillation on unlabelled data). Early stopping
+watches a validation split carved from the distillation data, never the evaluation set, which is
+kept for measuring drift.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edgepack.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistillReport:
+    """What the recovery training did."""
+
+    epochs_run: int
+    best_epoch: int
+    best_validation: float
+    validation_metric: str
+    stopped: str
+    seconds: float
+    history: tuple[dict, ...]
+
+
+def split(arrays: dict[str, np.ndarray], labels: Optional[np.ndarray], fraction: float, seed: int):
+    """Seeded train/validation split of the distillation data."""
+    count = len(next(iter(arrays.values())))
+    order = np.random.default_rng(seed).permutation(count)
+    cut = max(1, int(round(count * fraction)))
+    pick = lambda index: ({k: v[index] for k, v in arrays.items()}, None if labels is None else labels[index])
+    return pick(order[cut:]), pick(order[:cut])
+
+
+class _FeatureTap:
+    """Records a named submodule's output during forward."""
+
+    def __init__(self, model: nn.Module, name: str, role: str):
+        modules = dict(model.named_modules())
+        if name not in modules:
+            raise ConfigError(f"distill.features: the {role} has no module named '{name}'")
+        self.value = None
+        self.handle = modules[name].register_forward_hook(self._store)
+
+    def _store(self, module, inputs, output):
+        self.value = output
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def _projection(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> nn.Module:
+    """A learned map from the student's (narrower) feature to the teacher's (FitNets regressor)."""
+    if student_feature.dim() == 4:
+        return nn.Conv2d(student_feature.shape[1], teacher_feature.shape[1], 1, bias=False)
+    return nn.Linear(student_feature.shape[-1], teacher_feature.shape[-1], bias=False)
+
+
+def _batches(count: int, size: int, generator: torch.Generator):
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, size):
+        yield order[start:start + size]
+
+
+def _predict(model: nn.Module, inputs: tuple[torch.Tensor, ...], size: int = 512) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(*(t[i:i + size] for t in inputs)) for i in range(0, len(inputs[0]), size)])
+
+
+def _validation_score(student, teacher_logits, inputs, labels, temperature) -> tuple[float, float]:
+    """(accuracy or agreement, minus distillation KL): small validation sets saturate accuracy, the KL breaks ties."""
+    logits = _predict(student.eval(), inputs)
+    target = labels if labels is not None else teacher_logits.argmax(1)
+    kl = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                  reduction="batchmean", log_target=True)
+    return float((logits.argmax(1) == target).float().mean()), -float(kl)
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
+            input_names: list[str], config, *, seed: int = 0,
+            on_epoch: Optional[Callable[[int, dict], None]] = None) -> DistillReport:
+    """Train `student` in place from `teacher`; restores the best validation epoch's weights."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    (train, train_labels), (valid, valid_labels) = split(data, labels, config.validation_fraction, seed)
+    as_inputs = lambda arrays: tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in input_names)
+    train_inputs, valid_inputs = as_inputs(train), as_inputs(valid)
+    train_y = None if train_labels is None or config.alpha >= 1.0 else torch.from_numpy(train_labels)
+    valid_y = None if valid_labels is None else torch.from_numpy(valid_labels)
+    teacher = teacher.eval()
+    teacher_train, teacher_valid = _predict(teacher, train_inputs), _predict(teacher, valid_inputs)
+    taps = [(_FeatureTap(student, s, "student"), _FeatureTap(teacher, t, "teacher")) for s, t in config.features]
+    projections = nn.ModuleList()
+    if taps:
+        with torch.no_grad():
+            student(*(t[:2] for t in train_inputs))
+            teacher(*(t[:2] for t in train_inputs))
+        projections.extend(_projection(s.value, t.value) for s, t in taps)
+    optimizer = torch.optim.Adam(list(student.parameters()) + list(projections.parameters()), lr=config.lr)
+    temperature = config.temperature
+    score_of = lambda: _validation_score(student, teacher_valid, valid_inputs, valid_y, temperature)
+    best = (score_of(), 0, copy.deepcopy(student.state_dict()))
+    history, started, stopped, epoch = [], time.perf_counter(), "epochs done", 0
+    for epoch in range(1, config.epochs + 1):
+        student.train()
+        total = 0.0
+        for index in _batches(len(train_inputs[0]), config.batch_size, generator):
+            batch = tuple(t[index] for t in train_inputs)
+            logits = student(*batch)
+            with torch.no_grad():
+                teacher_logits = teacher_train[index] if not taps else teacher(*batch)
+            loss = config.alpha * temperature ** 2 * F.kl_div(
+                F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
+                reduction="batchmean", log_target=True)
+            if train_y is not None:
+                loss = loss + (1 - config.alpha) * F.cross_entropy(logits, train_y[index])
+            for (s_tap, t_tap), projection in zip(taps, projections):
+                loss = loss + config.feature_weight * F.mse_loss(projection(s_tap.value), t_tap.value.detach())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        score = score_of()
+        record = {"epoch": epoch, "loss": total / len(train_inputs[0]), "validation": score[0],
+                  "validation_kl": -score[1]}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+        if score > best[0]:
+            best = (score, epoch, copy.deepcopy(student.state_dict()))
+        if epoch - best[1] >= config.patience:
+            stopped = f"early stop: no validation gain for {config.patience} epochs"
+            break
+        if time.perf_counter() - started > config.time_budget_s:
+            stopped = f"time budget of {config.time_budget_s:g} s reached"
+            break
+    for s_tap, t_tap in taps:
+        s_tap.close()
+        t_tap.close()
+    student.load_state_dict(best[2])
+    student.eval()
+    metric = "accuracy" if valid_y is not None else "top-1 agreement with the teacher"
+    return DistillReport(epochs_run=epoch, best_epoch=best[1], best_validation=best[0][0], validation_metric=metric,
+                         stopped=stopped, seconds=time.perf_counter() - started, history=tuple(history))
