@@ -70,6 +70,21 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (overrides the recipe).")
+@_handle_errors
+def prune(recipe: Path, out: Path | None) -> None:
+    """Prune (and distill) RECIPE's model only: writes the pruned model, its fp32 ONNX and the report."""
+    from edgepack.config import load_recipe
+    from edgepack.pipeline import prune_only
+    from edgepack.terminal import TerminalProgress, render_pack
+
+    result = prune_only(load_recipe(recipe, output=out), TerminalProgress())
+    render_pack(result)
+    sys.exit(result.exit_code)
+
+
+@main.command()
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--data", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="Evaluation data (.npz/.npy/.csv/.parquet) with the bundle's input names.")

@@ -130,6 +130,16 @@ class Budget(_Section):
     max_relative_l2: Optional[float] = Field(None, ge=0.0)
 
 
+class AttentionHeads(_Section):
+    """An attention module with separate q/k/v Linear layers whose whole heads may be removed."""
+
+    module: str
+    q: str
+    k: str
+    v: str
+    heads_attribute: str = "num_heads"
+
+
 class PruneConfig(_Section):
     """Structured pruning with torch-pruning's dependency graph."""
 
@@ -141,6 +151,7 @@ class PruneConfig(_Section):
     round_to: Optional[int] = Field(8, ge=1)
     ignore: list[str] = Field(default_factory=list)
     max_layer_ratio: float = Field(0.9, gt=0.0, le=1.0)
+    attention: list[AttentionHeads] = Field(default_factory=list)
 
 
 class DistillConfig(DataSource):

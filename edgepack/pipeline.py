@@ -14,7 +14,7 @@ from edgepack.bench import BenchSettings, bench_bundle
 from edgepack.bundle import sha256_file, staging, write_bundle_documents
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.compress import compress, compression_manifest, save_compressed
-from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, EdgepackError, ExportError
+from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
 from edgepack.latency import measure_batches
 from edgepack.manifest import build_manifest
 from edgepack.model import LoadedModel, count_params_and_macs, load_model
@@ -141,6 +141,13 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
                 progress=progress)
         write_bundle_documents(stage, manifest)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
+
+
+def prune_only(recipe, progress: Progress = SilentProgress()) -> PackResult:
+    """`edgepack prune`: the pack pipeline up to the pruned, distilled and checked fp32 model, no targets."""
+    if recipe.prune is None:
+        raise ConfigError("the recipe has no 'prune' section; add one (ratio, by, importance, ...) to prune")
+    return pack(recipe.model_copy(update={"targets": []}), progress, bench=False)
 
 
 def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Path, threads: int) -> Optional[float]:

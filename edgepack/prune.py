@@ -182,7 +182,9 @@ def _ratio_for_target(module, example, config, ignored_names, heads, macs0, para
     for _ in range(12):
         middle = (low + high) / 2
         trial = copy.deepcopy(module)
+        head_dims = _head_dims(trial, config)
         _pruner(trial, example, config, middle, ignored_names, heads, steps=1).step()
+        _update_head_counts(trial, config, head_dims)
         macs, params = count(trial, example)
         removed = 1 - (macs / macs0 if config.by == "macs" else params / params0)
         if removed >= goal:
@@ -194,16 +196,49 @@ def _ratio_for_target(module, example, config, ignored_names, heads, macs0, para
     return best
 
 
+def _attention_heads(module: nn.Module, config) -> dict:
+    """{q/k/v Linear: head count} for the recipe's attention modules, checked against the model."""
+    named = dict(module.named_modules())
+    num_heads = {}
+    for spec in config.attention:
+        for name in (spec.module, spec.q, spec.k, spec.v):
+            if name not in named:
+                raise ConfigError(f"prune.attention: no module named '{name}'")
+        heads = getattr(named[spec.module], spec.heads_attribute, None)
+        if not isinstance(heads, int):
+            raise ConfigError(f"prune.attention: module '{spec.module}' has no integer attribute "
+                              f"'{spec.heads_attribute}' holding its head count")
+        num_heads.update({named[spec.q]: heads, named[spec.k]: heads, named[spec.v]: heads})
+    return num_heads
+
+
+def _head_dims(module: nn.Module, config) -> dict[str, int]:
+    """Per attention module, the width of one head (constant: only whole heads are removed)."""
+    named = dict(module.named_modules())
+    return {spec.module: named[spec.q].out_features // getattr(named[spec.module], spec.heads_attribute)
+            for spec in config.attention}
+
+
+def _update_head_counts(module: nn.Module, config, head_dims: dict[str, int]) -> None:
+    """After whole heads are removed, each attention module must know its new head count to run."""
+    named = dict(module.named_modules())
+    for spec in config.attention:
+        setattr(named[spec.module], spec.heads_attribute, named[spec.q].out_features // head_dims[spec.module])
+
+
 def _pruner(module, example, config, ratio, ignored_names, heads, *, steps):
     import torch_pruning as tp
 
     named = dict(module.named_modules())
     ignored = [named[name] for name in ignored_names] + [named[name] for name in heads]
+    num_heads = _attention_heads(module, config)
     return tp.pruner.MetaPruner(
         module, example if len(example) > 1 else example[0], importance=_importance(config.importance),
         global_pruning=config.global_pruning, pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio,
-        iterative_steps=steps, ignored_layers=ignored, round_to=config.round_to,
+        iterative_steps=steps, ignored_layers=ignored, round_to=None if num_heads else config.round_to,
         root_module_types=[nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention],
+        num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=not num_heads,
+        head_pruning_ratio=ratio if num_heads else 0.0,
     )
 
 
@@ -220,10 +255,11 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
     heads = [names[id(layer)] for layer in output_heads(module, example)]
     notes = [f"output head(s) protected: {', '.join(heads)}"] if heads else []
     patterns = risky_patterns(module, example)
-    if "BmmBackward" in patterns and not config.ignore:
-        raise PruningError("the model multiplies activations with torch.bmm (e.g. a pairwise dot interaction); "
-                           "torch-pruning's dependency graph exhausted 23 GB of memory on this pattern. List the "
-                           "layers feeding the interaction in prune.ignore to prune the rest.")
+    if "BmmBackward" in patterns and not config.ignore and not config.attention:
+        raise PruningError("the model multiplies activations with each other (batched matmul: a pairwise dot "
+                           "interaction or attention); torch-pruning's dependency graph exhausted 23 GB of memory on "
+                           "a pairwise interaction. List the layers feeding it in prune.ignore, or describe attention "
+                           "modules in prune.attention, to prune the rest.")
     if "StackBackward" in patterns:
         stacked = [name for name, layer in module.named_modules() if isinstance(layer, nn.Embedding)]
         if stacked:
@@ -233,6 +269,7 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
     widths_before = _widths(module)
     macs0, params0 = count(module, example)
     ratio = _ratio_for_target(module, example, config, ignored_names, heads, macs0, params0)
+    head_dims = _head_dims(module, config)
     pruner = _pruner(module, example, config, ratio, ignored_names, heads, steps=config.steps)
     checks = []
     for step in range(config.steps):
@@ -246,6 +283,7 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
             checkable = _zero_group(group)
             before = _outputs(module, example)
             group.prune()
+            _update_head_counts(module, config, head_dims)
             difference = _compare(before, _outputs(module, example))
             checks.append({"step": step + 1, "group": name, "channels": len(group[0][1]),
                            "max_relative_difference": difference, "checked": checkable})

@@ -23,6 +23,8 @@ def render_markdown(manifest: dict) -> str:
              f"- accuracy: {source['metrics']['accuracy']:.4f} on {source['metrics']['samples']} held-out samples"]
     if "params" in source:
         lines.append(f"- parameters: {source['params']:,}; MACs per sample: {source['macs']:,}")
+    if "pruning" in manifest:
+        lines += ["", *_pruning_lines(manifest["pruning"]), ""]
     lines += [f"- latency ({source['runtime']}): {_latency(source['latency'])}",
               f"- fp32 ONNX reference: {_mb(reference['size_bytes'])}, latency {_latency(source['reference_onnx_latency'])}",
               "", "## Artifacts", "",
@@ -79,4 +81,20 @@ def _bench_lines(bench: dict) -> list[str]:
         speedup = f"{row['speedup_vs_eager'][large]:.2f}x" if "speedup_vs_eager" in row else "—"
         lines.append(f"| {row['name']} | {row['device']} | {size} | {row['latency']['batch_1']['median_ms']:.3f} | "
                      f"{row['latency'][large]['median_ms']:.2f} | {speedup} | {row['peak_rss_mb']:.0f} MB |")
+    return lines
+
+
+def _pruning_lines(pruning: dict) -> list[str]:
+    lines = ["## Pruning and distillation", "", f"{pruning['summary']}.", "",
+             "| measure | before | after |", "|---|---|---|"]
+    for label, key in (("parameters", "params"), ("MACs per sample", "macs"), ("fp32 size (bytes)", "size_bytes")):
+        lines.append(f"| {label} | {pruning[key]['before']:,} | {pruning[key]['after']:,} |")
+    for runtime, figures in pruning["latency"].items():
+        lines.append(f"| latency {runtime} | {_latency(figures['before'])} | {_latency(figures['after'])} |")
+    lines += ["", "Layer widths: " + ", ".join(f"`{name}` {w['before']}→{w['after']}"
+                                               for name, w in pruning["layers"].items())]
+    lines += [f"- {note}" for note in pruning["notes"]]
+    if "distillation" in pruning:
+        report = pruning["distillation"]
+        lines.append(f"- distillation: {report['epochs_run']} epochs, best {report['best_epoch']}, {report['stopped']}")
     return lines

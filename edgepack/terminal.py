@@ -76,7 +76,10 @@ def render_pack(result) -> None:
              for item in target["artifacts"]} - {None}
     for note in sorted(notes):
         out.print(f"note: {note}")
-    render_bench(manifest["bench"] if "bench" in manifest else _in_process_figures(manifest))
+    if "pruning" in manifest:
+        render_pruning(manifest["pruning"], large=f"batch_{manifest['latency_settings']['batch_size']}")
+    if manifest["targets"]:
+        render_bench(manifest["bench"] if "bench" in manifest else _in_process_figures(manifest))
     for name, target in manifest["targets"].items():
         if target["status"] == "error":
             console.print(f"[red]target {name} failed:[/] {target['error']}")
@@ -85,6 +88,9 @@ def render_pack(result) -> None:
                 if not check["passed"]:
                     console.print(f"[red]drift over budget:[/] target {name} ({item['path']}): {check['metric']} "
                                   f"{check['value']:.4g}, budget {check['bound']} {check['limit']:g}")
+    if not manifest["targets"]:
+        out.print(f"[green]pruned model written[/]; bundle: {result.bundle}")
+        return
     verdict = "[green]all targets passed[/]" if manifest["passed"] else "[red]FAILED[/]"
     out.print(f"{verdict}; bundle: {result.bundle}")
 
@@ -117,3 +123,30 @@ def render_bench(figures: dict) -> None:
     out.print(f"median of {settings['repeats']} runs after {settings['warmup']} warm-up, {settings['threads']} threads, "
               f"{settings.get('isolation', '')}; data: {settings['data']}. Latency on CPUExecutionProvider is "
               "CPU latency, never GPU latency.")
+
+
+def render_pruning(pruning: dict, *, large: str) -> None:
+    """Before/after of pruning and distillation: size, MACs, latency, accuracy, and per-layer widths."""
+    table = Table(title="pruning")
+    for column in ("measure", "before", "after", "after / before"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for label, key in (("parameters", "params"), ("MACs per sample", "macs"), ("fp32 size bytes", "size_bytes")):
+        before, after = pruning[key]["before"], pruning[key]["after"]
+        table.add_row(label, f"{before:,}", f"{after:,}", f"{after / before:.2f}")
+    for runtime, figures in pruning["latency"].items():
+        before, after = figures["before"][large]["median_ms"], figures["after"][large]["median_ms"]
+        table.add_row(f"{runtime} ms, {large.replace('_', ' ')}", f"{before:.2f}", f"{after:.2f}",
+                      f"{after / before:.2f} ({before / after:.2f}x faster)")
+    out.print(table)
+    out.print("accuracy on held-out data: " + " → ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy"].items()))
+    out.print("layer widths: " + ", ".join(f"{name} {w['before']}→{w['after']}" for name, w in pruning["layers"].items()))
+    checked = sum(1 for check in pruning["self_check"] if check["checked"])
+    out.print(f"self-check: {checked} of {len(pruning['self_check'])} layer groups verified exact "
+              f"(max relative difference {max((c['max_relative_difference'] for c in pruning['self_check']), default=0):.1e})")
+    for note in pruning["notes"]:
+        out.print(f"note: {note}")
+    if "distillation" in pruning:
+        report = pruning["distillation"]
+        out.print(f"distillation: {report['epochs_run']} epochs in {report['seconds']:.1f} s, best epoch "
+                  f"{report['best_epoch']} ({report['validation_metric']} {report['best_validation']:.4f}); "
+                  f"{report['stopped']}")

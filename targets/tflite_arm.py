@@ -99,7 +99,7 @@ def with_activation_observer(config, method):
     return dataclasses.replace(config, **replace)
 
 
-def calibrated_pt2e(module, example: tuple, calibration, quantizer):
+def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quantize: bool):
     """Export `module` with a dynamic batch, insert observers, run the calibration set, convert.
 
     Calibration batches come in the set's batch size, hence the dynamic batch dimension here
@@ -115,8 +115,9 @@ def calibrated_pt2e(module, example: tuple, calibration, quantizer):
     with torch.no_grad():
         for feeds in calibration.batches():
             prepared(*(torch.from_numpy(array) for array in feeds.values()))
-    # fold_quantize=False keeps explicit Q/DQ on weights, which litert-torch's converter expects.
-    return convert_pt2e(prepared, fold_quantize=False)
+    # litert-torch's converter wants explicit weight Q/DQ (fold_quantize=False); ExecuTorch wants them
+    # folded (it has no out-variant for quantize_per_channel and fails to_executorch otherwise).
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
 def example_batch(calibration, names: list[str], size: int) -> tuple:
@@ -233,7 +234,7 @@ class TfliteArmTarget(Target):
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
         calibration_size = min(context.calibration.batch_size, context.calibration.num_samples)
         quantized = calibrated_pt2e(context.module, example_batch(context.calibration, names, calibration_size),
-                                    context.calibration, quantizer)
+                                    context.calibration, quantizer, fold_quantize=False)
         nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
         wrapped = named_io_module(quantized, names, nhwc_inputs)
         sample = {name: tensor.permute(0, 2, 3, 1).contiguous() if channel_last else tensor

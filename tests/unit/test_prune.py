@@ -1,0 +1,127 @@
+"""Pruning: every supported architecture prunes, runs, exports and reloads; the self-check catches mis-pruning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgepack.config import InputSpec, PruneConfig
+from edgepack.errors import ConfigError, PruningError
+from edgepack.onnx_export import check_against_torch, export_float_onnx
+from edgepack.prune import prune_model, reload_and_check, save_pruned
+from tests.unit import prune_models
+
+
+def _seeded(model_cls, *args):
+    torch.manual_seed(0)
+    return model_cls(*args).eval()
+
+
+CASES = {
+    "residual_depthwise_cnn": (lambda: _seeded(prune_models.ResidualDepthwiseCNN),
+                               lambda g: (torch.rand(8, 3, 16, 16, generator=g),)),
+    "mlp": (lambda: _seeded(prune_models.MLP), lambda g: (torch.randn(8, 20, generator=g),)),
+    "embedding_concat": (lambda: _seeded(prune_models.EmbeddingModel, "cat"),
+                         lambda g: (torch.randint(0, 50, (8,), generator=g), torch.randint(0, 40, (8,), generator=g),
+                                    torch.randn(8, 4, generator=g))),
+    "multihead_attention": (lambda: _seeded(prune_models.TinyTransformer, "mha"),
+                            lambda g: (torch.randn(8, 6, 8, generator=g),)),
+}
+
+
+def _example(make_inputs):
+    return make_inputs(torch.Generator().manual_seed(1))
+
+
+def _spec(example):
+    dtype = {torch.float32: "float32", torch.int64: "int64"}
+    return [InputSpec(name=f"in{i}", dtype=dtype[t.dtype], shape=["batch", *t.shape[1:]]) for i, t in enumerate(example)]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_architecture_prunes_runs_exports_and_reloads(case, tmp_path):
+    make_model, make_inputs = CASES[case]
+    model, example = make_model(), _example(make_inputs)
+    result = prune_model(model, example, PruneConfig(ratio=0.3, by="params", round_to=4))
+    assert result.params_after < result.params_before * 0.85
+    assert all(check["max_relative_difference"] <= 1e-4 for check in result.checks if check["checked"])
+    with torch.no_grad():
+        assert result.module(*example).shape == model(*example).shape
+    save_pruned(result.module, example, tmp_path / "model.pt2")
+    assert reload_and_check(tmp_path / "model.pt2", result.module, example) < 1e-6
+    feeds = {f"in{i}": t.numpy() for i, t in enumerate(example)}
+    inputs = _spec(example)
+    export_float_onnx(result.module, inputs, feeds, tmp_path / "model.onnx")
+    assert check_against_torch(result.module, tmp_path / "model.onnx", inputs, feeds, threads=1) < 1e-4
+
+
+def test_embedding_dims_are_pruned_when_concatenated():
+    model, example = CASES["embedding_concat"][0](), _example(CASES["embedding_concat"][1])
+    result = prune_model(model, example, PruneConfig(ratio=0.3, by="params", round_to=4))
+    assert result.layers["users"][1] < 16 and result.layers["items"][1] < 16
+    assert result.layers["top.2"] == (2, 2), "the output head is protected"
+
+
+def test_whole_attention_heads_are_removed_and_the_head_count_rewritten(tmp_path):
+    model = _seeded(prune_models.TinyTransformer, "qkv")
+    example = (torch.randn(8, 6, 8, generator=torch.Generator().manual_seed(1)),)
+    config = PruneConfig(ratio=0.2, by="params", attention=[{"module": "attn", "q": "attn.q", "k": "attn.k",
+                                                               "v": "attn.v"}])
+    result = prune_model(model, example, config)
+    attention = result.module.attn
+    assert attention.num_heads < 4 and attention.q.out_features == attention.num_heads * attention.head_dim
+    assert all(check["checked"] and check["max_relative_difference"] <= 1e-4 for check in result.checks)
+    save_pruned(result.module, example, tmp_path / "model.pt2")
+    assert reload_and_check(tmp_path / "model.pt2", result.module, example) < 1e-6
+
+
+def test_stacked_embeddings_are_detected_and_left_unpruned():
+    model = _seeded(prune_models.EmbeddingModel, "stack")
+    example = _example(CASES["embedding_concat"][1])
+    result = prune_model(model, example, PruneConfig(ratio=0.3, by="params", round_to=4))
+    assert any("torch.stack" in note for note in result.notes)
+    assert result.layers["users"] == (16, 16) and result.layers["items"] == (16, 16)
+
+
+def test_self_check_catches_a_mis_pruned_model(monkeypatch):
+    """Remove different channels from the consumer than the producer: the check must stop the run."""
+    import torch_pruning as tp
+
+    original = tp.pruner.function.LinearPruner.prune_in_channels
+
+    def off_by_one(self, layer, idxs):
+        return original(self, layer, [(i + 1) % layer.in_features for i in idxs])
+
+    monkeypatch.setattr(tp.pruner.function.LinearPruner, "prune_in_channels", off_by_one)
+    model, example = CASES["mlp"][0](), _example(CASES["mlp"][1])
+    with pytest.raises(PruningError, match="self-check failed for the layer group rooted at"):
+        prune_model(model, example, PruneConfig(ratio=0.3, by="params", round_to=4))
+
+
+def test_unknown_module_in_ignore_list_is_a_clear_error():
+    model, example = CASES["mlp"][0](), _example(CASES["mlp"][1])
+    with pytest.raises(ConfigError, match=r"prune.ignore: no module named 'net.9'.*did you mean"):
+        prune_model(model, example, PruneConfig(ratio=0.3, ignore=["net.9"]))
+
+
+@pytest.mark.parametrize("bad", [{"ratio": 0.0}, {"ratio": 1.0}, {"ratio": -0.2}, {"ratio": 0.5, "importance": "l3"},
+                                 {"ratio": 0.5, "by": "flops"}, {"ratio": 0.5, "steps": 0}])
+def test_bad_options_are_rejected(bad):
+    with pytest.raises(Exception) as info:
+        PruneConfig(**bad)
+    assert type(info.value).__name__ == "ValidationError"
+
+
+def test_mac_target_is_reached():
+    model, example = CASES["residual_depthwise_cnn"][0](), _example(CASES["residual_depthwise_cnn"][1])
+    result = prune_model(model, example, PruneConfig(ratio=0.5, by="macs", round_to=4))
+    assert 1 - result.macs_after / result.macs_before >= 0.5
+    assert np.isfinite(result.macs_after)
+
+
+def test_activation_products_without_guidance_are_refused():
+    model = _seeded(prune_models.TinyTransformer, "qkv")
+    example = (torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(1)),)
+    with pytest.raises(PruningError, match="prune.attention"):
+        prune_model(model, example, PruneConfig(ratio=0.2, by="params"))
