@@ -20,6 +20,9 @@ from edgepack.config import load_recipe
 from edgepack.manifest import machine_facts
 from edgepack.pipeline import pack
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_RECIPE = ROOT / "examples" / "image_classifier" / "recipe.yaml"
 
@@ -73,20 +76,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--only", choices=("image", "pruned", "recovery"), action="append",
+                        help="run only these parts (repeatable; default: all)")
     args = parser.parse_args()
-    rows, details = image_classifier(args.repeats)
+    parts = set(args.only or ("image", "pruned", "recovery"))
     machine = machine_facts(threads=2)
     print(f"machine: {machine['processor']}, {machine['cpu_count']} cores, 2 threads, {machine['platform']}")
-    print(f"{'image_classifier':56} {'value':>9}  {'target':>8}  ok")
-    for name, value, target, ok in rows:
-        print(f"{name:56} {value:9.3f}  {target:>8}  {'yes' if ok else 'NO'}")
-    print(f"median latency at {details['batch']} (ms), bench run 1 / run 2, each entry in a fresh process:")
-    for name, (first, second) in details["medians_ms_run1_run2"].items():
-        print(f"  {name:40} {first:8.2f} {second:8.2f}")
+    sections, details = {}, {}
+    if "image" in parts:
+        sections["image_classifier (x86 + cuda)"], details = image_classifier(args.repeats)
+    if "pruned" in parts:
+        sections["image_classifier pruned 50% MACs + distilled (x86)"] = pruned_image_classifier(args.repeats)
+    if "recovery" in parts:
+        sections["recovery after pruning, same epochs"] = recovery_comparison()
+    rows = [row for section in sections.values() for row in section]
+    for title, section in sections.items():
+        print(f"\n{title:64} {'value':>9}  {'target':>8}  ok")
+        for name, value, target, ok in section:
+            print(f"{name:64} {value:9.3f}  {target:>8}  {'yes' if ok else 'NO'}")
+    if details:
+        print(f"\nmedian latency at {details['batch']} (ms), bench run 1 / run 2, each entry in a fresh process:")
+        for name, (first, second) in details["medians_ms_run1_run2"].items():
+            print(f"  {name:40} {first:8.2f} {second:8.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine, "rows": [dict(zip(("measure", "value", "target", "ok"), row)) for row in rows],
+    record = {"machine": machine,
+              "sections": {title: [dict(zip(("measure", "value", "target", "ok"), row)) for row in section]
+                           for title, section in sections.items()},
               "details": details, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path = args.out / f"image_classifier-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     sys.exit(0 if all(ok for *_, ok in rows) else 1)
