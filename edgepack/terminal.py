@@ -9,6 +9,7 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
+IN_PROCESS = "measured in the pack process"
 console = Console(stderr=True)
 # Tables are wide; keep them readable when output goes to a file or CI log.
 out = Console(width=None if Console().is_terminal else 150)
@@ -45,7 +46,7 @@ def _in_process_figures(manifest: dict) -> dict:
     for row in rows:
         row["device"] = row["latency"]["batch_1"].get("device", "")
     add_ratios(rows, eager=rows[0] if rows[0]["name"] == EAGER else None)
-    return {"settings": {**settings, "data": "evaluation data", "isolation": "measured in the pack process"},
+    return {"settings": {**settings, "data": "evaluation data", "isolation": IN_PROCESS},
             "rows": rows}
 
 
@@ -108,7 +109,8 @@ def render_bench(figures: dict) -> None:
     """The benchmark table: latency, memory, size and ratios against PyTorch eager from the same run."""
     settings = figures["settings"]
     large = f"batch_{settings['batch_size']}"
-    table = Table(title=f"latency ({settings.get('isolation', 'edgepack bench')})")
+    where = "in the pack process" if settings.get("isolation") == IN_PROCESS else "each entry in a fresh process"
+    table = Table(title=f"latency ({where})")
     for column in ("entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up b1",
                    f"speed-up b{settings['batch_size']}", "size vs eager", "peak RSS MB"):
         table.add_column(column, justify="left" if column in ("entry", "runs on") else "right")
