@@ -26,6 +26,7 @@ class SampleSet:
     batch_size: int
     sha256: str
     warnings: tuple[str, ...] = field(default=())
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -48,10 +49,13 @@ class SampleSet:
         return (self.num_samples // size) * size if equal_only else self.num_samples
 
 
-def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Optional[str] = None) -> SampleSet:
-    """Read, check and subsample data for `inputs` as described by a recipe DataSource."""
+def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Optional[str] = None,
+                    extras: tuple[str, ...] = ()) -> SampleSet:
+    """Read, check and subsample data for `inputs` as described by a recipe DataSource.
+
+    `extras` are further per-sample arrays to carry along (e.g. segment ids), subsampled the same way."""
     names = [spec.name for spec in inputs]
-    wanted = names + ([labels] if labels else [])
+    wanted = names + ([labels] if labels else []) + list(extras)
     if source.path is not None:
         origin = str(source.path)
         arrays, available = read_arrays(source.path, wanted=wanted, columns=source.columns)
@@ -69,6 +73,8 @@ def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Option
     if labels:
         label_array = _check_labels(arrays[labels], role, origin, labels)
         counts[labels] = len(label_array)
+    extra_arrays = {name: _check_labels(arrays[name], role, origin, name) for name in extras}
+    counts.update({name: len(array) for name, array in extra_arrays.items()})
     if len(set(counts.values())) != 1:
         raise DataError(f"{role} data {origin}: arrays have different sample counts: {counts}")
     total = next(iter(counts.values()))
@@ -81,7 +87,8 @@ def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Option
     if len(chosen) < FEW_SAMPLES:
         warnings = (f"{role} data {origin}: only {len(chosen)} samples; results are unreliable below {FEW_SAMPLES}",)
     return SampleSet(role=role, source=origin, arrays=subset, labels=label_subset, batch_size=source.batch_size,
-                     sha256=_digest(subset, label_subset), warnings=warnings)
+                     sha256=_digest(subset, label_subset), warnings=warnings,
+                     extras={name: np.ascontiguousarray(array[chosen]) for name, array in extra_arrays.items()})
 
 
 def _choose(total: int, samples: Optional[int], seed: int) -> np.ndarray:
@@ -101,7 +108,14 @@ def _check_input(array: np.ndarray, spec, role: str, origin: str) -> np.ndarray:
         array = array.reshape((len(array),) + spec.sample_shape)  # flat table columns
     if tuple(array.shape[1:]) != spec.sample_shape:
         raise DataError(f"{where}: expected shape {['N', *spec.sample_shape]}, got {list(array.shape)}")
-    return _cast(array, np.dtype(spec.dtype), where)
+    converted = _cast(array, np.dtype(spec.dtype), where)
+    if spec.range is not None and converted.size:
+        low, high = spec.range
+        outside = (converted < low) | (converted >= high)
+        if outside.any():
+            raise DataError(f"{where}: {int(outside.sum())} id(s) outside the table range [{low}, {high}) "
+                            f"(data range {converted.min()}..{converted.max()})")
+    return converted
 
 
 def _cast(array: np.ndarray, expected: np.dtype, where: str) -> np.ndarray:
@@ -124,7 +138,7 @@ def _cast(array: np.ndarray, expected: np.dtype, where: str) -> np.ndarray:
 def _check_labels(array: np.ndarray, role: str, origin: str, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 1 or array.dtype.kind not in "iub":
-        raise DataError(f"{role} data {origin}: labels '{name}' must be a 1-D integer array, "
+        raise DataError(f"{role} data {origin}: '{name}' must be a 1-D integer array, "
                         f"got shape {list(array.shape)} dtype {array.dtype}")
     return array.astype(np.int64)
 

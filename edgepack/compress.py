@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.distill import DistillReport, distill
 from edgepack.progress import Progress
@@ -26,10 +27,12 @@ class CompressionResult:
     accuracy: dict[str, float]
 
 
-def _accuracy(module: torch.nn.Module, evaluation: SampleSet, names: list[str]) -> float:
+def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
+    """The task's headline metric (accuracy, AUC) of `module` on the evaluation set."""
     with torch.no_grad():
-        logits = torch.cat([module(*as_tensors(batch, names)) for batch in evaluation.batches()])
-    return float((logits.argmax(1).numpy() == evaluation.labels).mean())
+        outputs = torch.cat([module(*as_tensors(batch, recipe.input_names)) for batch in evaluation.batches()])
+    metrics = tasks.quality(recipe.task, outputs.numpy().astype(np.float64), evaluation, recipe.evaluation)
+    return float(metrics[tasks.headline(recipe.task)])
 
 
 def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluation: SampleSet,
@@ -59,13 +62,13 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
                        "self-checking every layer group"):
         pruned = prune_model(teacher, example, recipe.prune, taylor_loss=taylor_loss,
                              between_steps=recover if distill_data is not None else None)
-    accuracy = {"float": _accuracy(teacher, evaluation, names), "pruned": _accuracy(pruned.module, evaluation, names)}
+    accuracy = {"float": _quality(teacher, evaluation, recipe), "pruned": _quality(pruned.module, evaluation, recipe)}
     report = None
     if distill_data is not None:
         with progress.step("distilling the pruned model from the float model"):
             report = distill(pruned.module, teacher, distill_data.arrays, distill_data.labels, names,
                              recipe.distill, seed=recipe.distill.seed)
-        accuracy["distilled"] = _accuracy(pruned.module, evaluation, names)
+        accuracy["distilled"] = _quality(pruned.module, evaluation, recipe)
     return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy)
 
 

@@ -16,7 +16,7 @@ from edgepack.errors import ConfigError
 from edgepack.registry import check_target_name
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
-TASKS_IMPLEMENTED = ("classification",)
+TASKS_IMPLEMENTED = ("classification", "ctr", "ranking")
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -40,9 +40,16 @@ class InputSpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     dtype: Literal[DTYPES]  # type: ignore[valid-type]
     shape: list[Union[StrictInt, str]] = Field(min_length=1)
+    range: Optional[tuple[StrictInt, StrictInt]] = Field(
+        None, description="valid ids [low, high) of an integer input, e.g. [0, table rows]")
 
     @model_validator(mode="after")
     def _batch_first(self) -> "InputSpec":
+        if self.range is not None:
+            if not self.dtype.startswith(("int", "uint")):
+                raise ValueError(f"'range' is for integer id inputs, not {self.dtype}")
+            if self.range[0] >= self.range[1]:
+                raise ValueError(f"range must be [low, high) with low < high, got {list(self.range)}")
         if not isinstance(self.shape[0], str):
             raise ValueError(f"shape[0] must be a symbolic batch name such as 'batch', got {self.shape[0]!r}")
         for dim in self.shape[1:]:
@@ -109,6 +116,9 @@ class EvaluationConfig(DataSource):
 
     labels: str = "label"
     batch_size: int = Field(256, ge=1)
+    group_by: Optional[str] = Field(None, description="input whose value groups rows for ranking (e.g. user_id)")
+    segments: list[str] = Field(default_factory=list, description="arrays of segment ids (e.g. cold/warm users)")
+    top_k: int = Field(10, ge=1)
 
 
 class QuantizationConfig(_Section):
@@ -128,6 +138,15 @@ class Budget(_Section):
     min_top1_agreement: Optional[float] = Field(0.99, ge=0.0, le=1.0)
     max_kl: Optional[float] = Field(None, ge=0.0)
     max_relative_l2: Optional[float] = Field(None, ge=0.0)
+    max_auc_drop: Optional[float] = Field(None, description="ctr/ranking: reference AUC minus artifact AUC")
+    max_logloss_increase: Optional[float] = None
+    max_ndcg_relative_drop: Optional[float] = Field(None, description="ranking: (reference - artifact) / reference")
+    max_hr_drop: Optional[float] = None
+    max_recall_drop: Optional[float] = None
+    max_calibration_shift: Optional[float] = Field(None, ge=0.0, description="|mean predicted probability change|")
+    min_spearman: Optional[float] = Field(None, ge=-1.0, le=1.0)
+    min_topk_overlap: Optional[float] = Field(None, ge=0.0, le=1.0)
+    segments: bool = Field(True, description="ctr/ranking: apply the drift bounds to every segment too")
 
 
 class AttentionHeads(_Section):
@@ -225,6 +244,10 @@ class Recipe(_Section):
         names = [spec.name for spec in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
+        if self.task == "ranking" and self.evaluation.group_by is None:
+            raise ValueError("task 'ranking' needs evaluation.group_by (the input that identifies a user)")
+        if self.evaluation.group_by is not None and self.evaluation.group_by not in names:
+            raise ValueError(f"evaluation.group_by '{self.evaluation.group_by}' is not an input; inputs are {names}")
         for section in (self.calibration, self.evaluation):
             for column_input in (section.columns or {}):
                 if column_input not in names:

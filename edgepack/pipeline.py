@@ -23,7 +23,8 @@ from edgepack.progress import Progress, SilentProgress
 from edgepack.registry import get_target
 from edgepack.runners import OrtRunner, TorchRunner
 from edgepack.targets.base import Artifact, ExportContext, Target
-from edgepack.verify import DriftReport, check_budget, classification_metrics, collect_outputs
+from edgepack import tasks
+from edgepack.verify import DriftReport, check_budget, collect_outputs
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "model.fp32.onnx"
@@ -92,7 +93,7 @@ def load_data(recipe) -> tuple[SampleSet, SampleSet]:
     """Calibration and evaluation sets, validated against the input spec."""
     calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=recipe.base_dir)
     evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=recipe.base_dir,
-                                 labels=recipe.evaluation.labels)
+                                 labels=recipe.evaluation.labels, extras=tuple(recipe.evaluation.segments))
     return calibration, evaluation
 
 
@@ -170,9 +171,8 @@ def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet, referenc
     """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
     runner, runtime = _float_runner(loaded, recipe, reference_path)
     outputs = collect_outputs(runner, evaluation)
-    accuracy = float((outputs.argmax(axis=1) == evaluation.labels).mean())
     source = {"kind": loaded.kind, "description": loaded.description, "runtime": runtime,
-              "metrics": {"accuracy": accuracy, "samples": int(len(outputs))},
+              "metrics": tasks.quality(recipe.task, outputs, evaluation, recipe.evaluation),
               "latency": measure_batches(runner, evaluation.arrays, recipe.latency),
               "reference_onnx_latency": measure_batches(OrtRunner(reference_path, threads=recipe.latency.threads),
                                                         evaluation.arrays, recipe.latency)}
@@ -228,8 +228,8 @@ def _run_target(target: Target, options, recipe, module, float_onnx: Path, calib
         for artifact in artifacts:
             with progress.step(f"{target.name}: verifying {artifact.path.name} on {evaluation.num_samples} samples"):
                 runner = target.runner(artifact.path, threads=recipe.latency.threads)
-                metrics = classification_metrics(reference_outputs, collect_outputs(runner, evaluation),
-                                                 evaluation.labels)
+                metrics = tasks.drift_metrics(recipe.task, reference_outputs, collect_outputs(runner, evaluation),
+                                              evaluation, recipe.evaluation)
                 drift = check_budget(metrics, recipe.budget.model_dump())
                 latency = measure_batches(runner, evaluation.arrays, recipe.latency)
             results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgepack import tasks
+
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.3f} MB"
@@ -16,11 +18,14 @@ def render_markdown(manifest: dict) -> str:
     source = manifest["source_model"]
     reference = manifest["reference"]
     verdict = "PASSED" if manifest["passed"] else "FAILED"
+    drift_columns = tasks.manifest_columns(manifest)
     lines = [f"# edgepack bundle: {manifest['name']}", "",
              f"**{verdict}** — task `{manifest['task']}`, created {manifest['created_utc']}", "",
              "## Float model", "",
              f"- source: {source['description']}",
-             f"- accuracy: {source['metrics']['accuracy']:.4f} on {source['metrics']['samples']} held-out samples"]
+             "- quality on held-out data: " + ", ".join(f"{k} {v:.4f}" for k, v in source["metrics"].items()
+                                                        if k != "samples" and isinstance(v, float))
+             + f" ({source['metrics']['samples']} samples)"]
     if "params" in source:
         lines.append(f"- parameters: {source['params']:,}; MACs per sample: {source['macs']:,}")
     if "pruning" in manifest:
@@ -28,21 +33,20 @@ def render_markdown(manifest: dict) -> str:
     lines += [f"- latency ({source['runtime']}): {_latency(source['latency'])}",
               f"- fp32 ONNX reference: {_mb(reference['size_bytes'])}, latency {_latency(source['reference_onnx_latency'])}",
               "", "## Artifacts", "",
-              "| target | artifact | size | vs fp32 ONNX | accuracy | drop (pts) | top-1 agreement | KL | latency | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| target | artifact | size | vs fp32 ONNX | " + " | ".join(c[0] for c in drift_columns) + " | latency | verdict |",
+              "|---|---|---|---|" + "---|" * len(drift_columns) + "---|---|"]
     failures = []
     for name, target in manifest["targets"].items():
         if target["status"] == "error":
-            lines.append(f"| {name} | — | — | — | — | — | — | — | — | ERROR |")
+            lines.append(f"| {name} | — | — | — | " + "— | " * len(drift_columns) + "— | ERROR |")
             failures.append(f"- `{name}`: error: {target['error']}")
             continue
         for item in target["artifacts"]:
             metrics = item["metrics"]
             lines.append(
                 f"| {name} | `{item['path']}` | {_mb(item['size_bytes'])} | {item['size_ratio_vs_fp32_onnx']:.2f}x | "
-                f"{metrics.get('accuracy', float('nan')):.4f} | {metrics.get('accuracy_drop', float('nan')):+.2f} | "
-                f"{metrics['top1_agreement']:.4f} | {metrics['kl']:.2e} | {_latency(item['latency'])} | "
-                f"{'pass' if item['passed'] else 'FAIL'} |")
+                + "".join(f"{tasks.cell(metrics, key, spec)} | " for _, key, spec in drift_columns)
+                + f"{_latency(item['latency'])} | {'pass' if item['passed'] else 'FAIL'} |")
             failures += [f"- `{name}` `{item['path']}`: {check['metric']} {check['value']:.4g} outside "
                          f"{check['bound']} {check['limit']:g}" for check in item["drift"] if not check["passed"]]
     notes = sorted({item["structure"].get("validation") for target in manifest["targets"].values()

@@ -6,6 +6,8 @@ import base64
 import html
 import io
 
+from edgepack import tasks
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
@@ -56,21 +58,22 @@ def _plots(manifest: dict) -> list[tuple[str, str]]:
 
     large = _large_key(manifest)
     source = manifest["source_model"]
+    metric = tasks.headline(manifest["task"])
     points = [("float fp32 ONNX", manifest["reference"]["size_bytes"] / 1e6,
-               source["reference_onnx_latency"][large]["median_ms"], source["metrics"]["accuracy"])]
+               source["reference_onnx_latency"][large]["median_ms"], source["metrics"][metric])]
     points += [(item["path"], item["size_bytes"] / 1e6, item["latency"][large]["median_ms"],
-                item["metrics"].get("accuracy", float("nan"))) for _, item in _artifacts(manifest)]
+                item["metrics"].get(metric, float("nan"))) for _, item in _artifacts(manifest)]
     plots = []
     for axis_index, (label, caption) in enumerate(
-            (("size (MB)", "Size vs accuracy"),
-             (f"median latency at {large.replace('_', ' ')} (ms, this CPU)", "Latency vs accuracy"))):
+            (("size (MB)", f"Size vs {metric}"),
+             (f"median latency at {large.replace('_', ' ')} (ms, this CPU)", f"Latency vs {metric}"))):
         figure, axes = plt.subplots(figsize=(5.2, 3.6))
         for index, (name, size, latency, accuracy) in enumerate(points):
             x = size if axis_index == 0 else latency
             axes.scatter([x], [accuracy], s=60, marker="os^Dv<>p*h"[index % 10], label=name, alpha=0.8)
         axes.legend(fontsize=7, loc="best")
         axes.set_xlabel(label)
-        axes.set_ylabel("accuracy on held-out data")
+        axes.set_ylabel(f"{metric} on held-out data")
         axes.grid(alpha=0.3)
         axes.set_title(caption)
         plots.append((caption, _png(figure)))
@@ -88,30 +91,30 @@ def render_html(manifest: dict) -> str:
              f"<p><span class='badge {'pass' if manifest['passed'] else 'fail'}'>"
              f"{'PASSED' if manifest['passed'] else 'FAILED'}</span> task <code>{_e(manifest['task'])}</code>, "
              f"created {_e(manifest['created_utc'])}</p>"]
+    drift_columns = tasks.manifest_columns(manifest)
     rows = [["float", _e(source["runtime"]), f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
-             f"{source['metrics']['accuracy']:.4f}", "—", "—", "—",
+             *(tasks.cell(source["metrics"], key, spec) for _, key, spec in drift_columns),
              f"{source['latency']['batch_1']['median_ms']:.3f}", f"{source['latency'][large]['median_ms']:.2f}", ""]]
     for name, item in _artifacts(manifest):
-        metrics = item["metrics"]
         rows.append([_e(name), f"<code>{_e(item['path'])}</code> ({_e(item['precision'])})",
                      f"{item['size_bytes'] / 1e6:.3f}", f"{item['size_ratio_vs_fp32_onnx']:.2f}x",
-                     f"{metrics.get('accuracy', float('nan')):.4f}", f"{metrics.get('accuracy_drop', float('nan')):+.2f}",
-                     f"{metrics['top1_agreement']:.4f}", f"{metrics['kl']:.2e}",
+                     *(tasks.cell(item["metrics"], key, spec) for _, key, spec in drift_columns),
                      f"{item['latency']['batch_1']['median_ms']:.3f}", f"{item['latency'][large]['median_ms']:.2f}",
                      _verdict(item["passed"])])
     for name, target in manifest["targets"].items():
         if target["status"] == "error":
-            rows.append([_e(name), f"<span class='fail'>error</span>: {_e(target['error'])}"] + [""] * 8 + [_verdict(False)])
+            rows.append([_e(name), f"<span class='fail'>error</span>: {_e(target['error'])}"]
+                        + [""] * (len(drift_columns) + 4) + [_verdict(False)])
     parts += ["<h2>Artifacts</h2>",
-              _table(["target", "artifact", "size MB", "vs fp32 ONNX", "accuracy", "drop (pts)", "top-1 agreement",
-                      "KL", "ms b1", f"ms b{large.split('_')[1]}", "verdict"], rows, left=2),
+              _table(["target", "artifact", "size MB", "vs fp32 ONNX", *(c[0] for c in drift_columns),
+                      "ms b1", f"ms b{large.split('_')[1]}", "verdict"], rows, left=2),
               "<p class='note'>Latency: median wall time on this machine's CPU "
               f"({_e(manifest['latency_settings']['machine']['processor'])}, "
               f"{manifest['latency_settings']['threads']} threads). Drift: each artifact against the float model on "
               f"{manifest['evaluation']['samples']} held-out samples.</p>"]
     notes = sorted({item["structure"].get("validation") for _, item in _artifacts(manifest)} - {None})
     parts += [f"<p class='note'>{_e(note)}</p>" for note in notes]
-    parts.append("<h2>Size, accuracy and latency</h2>")
+    parts.append(f"<h2>Size, {_e(tasks.headline(manifest['task']))} and latency</h2>")
     parts += [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
               "</figcaption></figure>" for caption, data in _plots(manifest)]
     parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),

@@ -9,6 +9,8 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
+from edgepack import tasks
+
 IN_PROCESS = "measured in the pack process"
 console = Console(stderr=True)
 # Tables are wide; keep them readable when output goes to a file or CI log.
@@ -56,23 +58,23 @@ def render_pack(result) -> None:
     source = manifest["source_model"]
     large = f"batch_{manifest['latency_settings']['batch_size']}"
     table = Table(title=f"edgepack: {manifest['name']} → {result.bundle}")
-    for column in ("target", "artifact", "size MB", "vs fp32 ONNX", "accuracy", "drop pts", "top-1 agree", "KL",
-                   "verdict"):
+    drift_columns = tasks.manifest_columns(manifest)
+    for column in ("target", "artifact", "size MB", "vs fp32 ONNX", *(c[0] for c in drift_columns), "verdict"):
         table.add_column(column, justify="left" if column in ("target", "artifact", "verdict") else "right")
-    table.add_row("float", source["runtime"], f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
-                  f"{source['metrics']['accuracy']:.4f}", "—", "—", "—", "")
+    quality_row = [tasks.cell(source["metrics"], key, spec) if key in source["metrics"] else "—"
+                   for _, key, spec in drift_columns]
+    table.add_row("float", source["runtime"], f"{source.get('size_bytes', 0) / 1e6:.3f}", "—", *quality_row, "")
     for name, target in manifest["targets"].items():
         if target["status"] == "error":
-            table.add_row(name, "—", "", "", "", "", "", "", "[red]ERROR[/]")
+            table.add_row(name, "—", "", "", *([""] * len(drift_columns)), "[red]ERROR[/]")
         for item in target["artifacts"]:
-            metrics = item["metrics"]
             table.add_row(name, item["path"], f"{item['size_bytes'] / 1e6:.3f}",
-                          f"{item['size_ratio_vs_fp32_onnx']:.2f}x", f"{metrics['accuracy']:.4f}",
-                          f"{metrics['accuracy_drop']:+.2f}", f"{metrics['top1_agreement']:.4f}",
-                          f"{metrics['kl']:.1e}", "[green]pass[/]" if item["passed"] else "[red]FAIL[/]")
+                          f"{item['size_ratio_vs_fp32_onnx']:.2f}x",
+                          *(tasks.cell(item["metrics"], key, spec) for _, key, spec in drift_columns),
+                          "[green]pass[/]" if item["passed"] else "[red]FAIL[/]")
     out.print(table)
-    out.print(f"drift: against the float model on {manifest['evaluation']['samples']} held-out samples; "
-              "drop in percentage points.")
+    out.print(f"drift: against the float model on {manifest['evaluation']['samples']} held-out samples"
+              + ("; drop in percentage points." if manifest["task"] == "classification" else "."))
     notes = {item["structure"].get("validation") for target in manifest["targets"].values()
              for item in target["artifacts"]} - {None}
     for note in sorted(notes):
@@ -140,7 +142,8 @@ def render_pruning(pruning: dict, *, large: str) -> None:
         table.add_row(f"{runtime} ms, {large.replace('_', ' ')}", f"{before:.2f}", f"{after:.2f}",
                       f"{after / before:.2f} ({before / after:.2f}x faster)")
     out.print(table)
-    out.print("accuracy on held-out data: " + " → ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy"].items()))
+    out.print(f"{pruning.get('quality_metric', 'accuracy')} on held-out data: "
+              + " → ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy"].items()))
     out.print("layer widths: " + ", ".join(f"{name} {w['before']}→{w['after']}" for name, w in pruning["layers"].items()))
     checked = sum(1 for check in pruning["self_check"] if check["checked"])
     out.print(f"self-check: {checked} of {len(pruning['self_check'])} layer groups verified exact "

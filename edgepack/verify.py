@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -93,16 +94,30 @@ BUDGET_METRICS = {
     "min_top1_agreement": ("top1_agreement", "min"),
     "max_kl": ("kl", "max"),
     "max_relative_l2": ("relative_l2", "max"),
+    "max_auc_drop": ("auc_drop", "max"),
+    "max_logloss_increase": ("logloss_increase", "max"),
+    "max_ndcg_relative_drop": ("ndcg_relative_drop", "max"),
+    "max_hr_drop": ("hr_drop", "max"),
+    "max_recall_drop": ("recall_drop", "max"),
+    "max_calibration_shift": ("calibration_shift_abs", "max"),
+    "min_spearman": ("spearman", "min"),
+    "min_topk_overlap": ("topk_overlap", "min"),
 }
 
 
 def check_budget(metrics: dict, budget: dict) -> DriftReport:
-    """Compare metrics with every bound the budget sets (None means unbounded)."""
+    """Compare metrics with every bound the budget sets (None means unbounded).
+
+    With `budget["segments"]`, a bound also applies to the same metric in every segment
+    (keys like 'user_segment=0/auc_drop'), so a drift hidden in the average still fails. A segment
+    metric that is not a number (AUC of a one-class segment) is not checked; an overall NaN fails."""
     checks = []
     for key, limit in budget.items():
         if limit is None or key not in BUDGET_METRICS:
             continue
         metric, bound = BUDGET_METRICS[key]
-        if metric in metrics:
-            checks.append(DriftCheck(metric=metric, value=float(metrics[metric]), limit=float(limit), bound=bound))
+        names = [metric] + ([name for name in metrics if name.endswith("/" + metric)] if budget.get("segments") else [])
+        for name in names:
+            if name in metrics and not (name != metric and math.isnan(float(metrics[name]))):
+                checks.append(DriftCheck(metric=name, value=float(metrics[name]), limit=float(limit), bound=bound))
     return DriftReport(metrics=metrics, checks=tuple(checks))

@@ -8,11 +8,12 @@ from typing import Optional
 
 from edgepack.bundle import check_checksums, read_manifest
 from edgepack.calibration.dataset import load_sample_set
-from edgepack.config import DataSource, InputSpec
+from edgepack import tasks
+from edgepack.config import DataSource, EvaluationConfig, InputSpec
 from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
 from edgepack.registry import get_target
 from edgepack.runners import OrtRunner
-from edgepack.verify import DriftReport, check_budget, classification_metrics, collect_outputs
+from edgepack.verify import DriftReport, check_budget, collect_outputs
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,11 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
     recipe = manifest["recipe"]
     inputs = [InputSpec(**spec) for spec in recipe["inputs"]]
-    label_name = labels or recipe["evaluation"]["labels"]
-    source = DataSource(path=Path(data).resolve(), batch_size=recipe["evaluation"]["batch_size"])
-    evaluation = load_sample_set(source, inputs, role="evaluation", base_dir=Path.cwd(), labels=label_name)
+    settings = EvaluationConfig.model_validate({**recipe["evaluation"], "path": Path(data).resolve(), "callable": None,
+                                                "samples": None, "columns": None}
+                                               | ({"labels": labels} if labels else {}))
+    evaluation = load_sample_set(settings, inputs, role="evaluation", base_dir=Path.cwd(), labels=settings.labels,
+                                 extras=tuple(settings.segments))
     reference = collect_outputs(OrtRunner(bundle / manifest["reference"]["path"], threads=threads), evaluation)
     reports = {}
     for name, target_entry in manifest["targets"].items():
@@ -48,6 +51,7 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
         target.check_available()
         for artifact in target_entry["artifacts"]:
             runner = target.runner(bundle / artifact["path"], threads=threads)
-            metrics = classification_metrics(reference, collect_outputs(runner, evaluation), evaluation.labels)
+            metrics = tasks.drift_metrics(manifest["task"], reference, collect_outputs(runner, evaluation), evaluation,
+                                          settings)
             reports[artifact["path"]] = check_budget(metrics, artifact["budget"])
     return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports)

@@ -181,11 +181,25 @@ def test_duplicate_target_rejected(tmp_path):
     assert "more than once" in config_error(tmp_path, recipe_data(targets=["x86", "x86"]))
 
 
-def test_task_ctr_not_implemented(tmp_path):
-    text = config_error(tmp_path, recipe_data(task="ctr"))
-    assert "task 'ctr'" in text
-    assert "not implemented" in text
-    assert "classification" in text
+def test_task_ranking_needs_group_by(tmp_path):
+    text = config_error(tmp_path, recipe_data(task="ranking"))
+    assert "task 'ranking' needs evaluation.group_by" in text
+
+
+def test_group_by_must_name_an_input(tmp_path):
+    data = recipe_data(task="ctr")
+    data["evaluation"]["group_by"] = "user"
+    assert "evaluation.group_by 'user' is not an input" in config_error(tmp_path, data)
+
+
+def test_range_is_for_integer_inputs(tmp_path):
+    data = recipe_data()
+    data["inputs"][0]["range"] = [0, 10]
+    assert "'range' is for integer id inputs" in config_error(tmp_path, data)
+
+
+def test_unknown_task_is_rejected(tmp_path):
+    assert "task" in config_error(tmp_path, recipe_data(task="regression"))
 
 
 def test_pickle_without_allow_pickle_rejected(tmp_path):

@@ -174,7 +174,7 @@ def test_missing_label_array_rejected(tmp_path):
 
 def test_float_labels_rejected(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 2), np.float32), label=np.zeros(4, np.float32))
-    with pytest.raises(DataError, match="labels 'label' must be a 1-D integer array"):
+    with pytest.raises(DataError, match="'label' must be a 1-D integer array"):
         load(tmp_path / "d.npz")
 
 
