@@ -7,9 +7,11 @@ import io
 import logging
 import math
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 from edgepack.calibration.ranges import compute_ranges, ort_method
+from edgepack.embedding_quant import quantize_tables
 from edgepack.errors import ExportError
 
 
@@ -22,6 +24,7 @@ class QdqSettings:
     per_channel: bool = True
     symmetric_activations: bool = False
     keep_input_convs_float: bool = True
+    embedding_bits: Optional[int] = 8  # per-row tables (8 or 4 bits); None: onnxruntime's per-tensor default
 
 
 # Below this many multiply-accumulates per output value (in_channels/groups * kh * kw) the u8s8
@@ -62,6 +65,7 @@ class QuantizationOutcome:
 
     ranges: dict[str, tuple[float, float]]
     float_nodes: tuple[str, ...]
+    tables: tuple[dict, ...] = ()
 
 
 def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: list[str], method,
@@ -78,8 +82,12 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
             quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         except Exception as exc:
             raise ExportError(f"onnxruntime pre-processing failed: {type(exc).__name__}: {exc}") from exc
+        tables, float_nodes = [], []
+        if settings.embedding_bits is not None:
+            tables, float_nodes = quantize_tables(prepared, bits=settings.embedding_bits)
         ranges = compute_ranges(prepared, calibration, input_names, method, cache)
-        float_nodes = narrow_input_convs(prepared) if settings.keep_input_convs_float else []
+        if settings.keep_input_convs_float:
+            float_nodes += narrow_input_convs(prepared)
         try:
             quantize_static(
                 str(prepared), str(out_path), calibration_data_reader=None, calibration_cache_path=str(cache),
@@ -90,7 +98,7 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
             )
         except Exception as exc:
             raise ExportError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc
-    return QuantizationOutcome(ranges=ranges, float_nodes=tuple(float_nodes))
+    return QuantizationOutcome(ranges=ranges, float_nodes=tuple(float_nodes), tables=tuple(tables))
 
 
 @contextlib.contextmanager

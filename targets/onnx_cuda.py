@@ -56,7 +56,8 @@ class CudaTarget(Target):
         if options.int8:
             int8_path = context.out_dir / "model.int8.qdq.onnx"
             settings = QdqSettings(activation_type="int8", weight_type="int8", per_channel=True,
-                                   symmetric_activations=True, keep_input_convs_float=False)
+                                   symmetric_activations=True, keep_input_convs_float=False,
+                                   embedding_bits=None)
             quantize_qdq(context.float_onnx, int8_path, calibration=context.calibration,
                          input_names=[spec.name for spec in context.inputs], method=context.method,
                          settings=settings, scratch=context.scratch_dir)

@@ -28,7 +28,8 @@ class X86Target(Target):
         settings = QdqSettings(activation_type=context.quantization.activation_type,
                                weight_type=context.quantization.weight_type,
                                per_channel=context.quantization.per_channel,
-                               keep_input_convs_float=context.quantization.keep_input_convs_float)
+                               keep_input_convs_float=context.quantization.keep_input_convs_float,
+                               embedding_bits=context.quantization.embedding_bits)
         outcome = quantize_qdq(context.float_onnx, path, calibration=context.calibration,
                      input_names=[spec.name for spec in context.inputs], method=context.method,
                      settings=settings, scratch=context.scratch_dir)
@@ -36,6 +37,7 @@ class X86Target(Target):
         details = describe_onnx(path)
         details["layout"] = "as exported (NCHW for images)"
         details["float_nodes"] = list(outcome.float_nodes)
+        details["embedding_tables"] = list(outcome.tables)
         details["calibration_method"] = context.method.model_dump()
         return [Artifact(target=self.name, path=path, format="onnx", precision="int8-qdq",
                          runtime="onnxruntime", runtime_version=onnxruntime.__version__, details=details)]

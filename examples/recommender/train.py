@@ -108,6 +108,7 @@ def main() -> None:
     started = time.perf_counter()
     splits = build(args.out, seed=args.seed)
     vocab = json.loads((args.out / "vocab.json").read_text())
+    torch.manual_seed(args.seed)     # seeds the initial weights too, not only the batch order
     model = build_model(**vocab)
     parameters = sum(p.numel() for p in model.parameters())
     tables = model.user.weight.numel() + model.item.weight.numel()

@@ -1,0 +1,138 @@
+"""Embedding tables in ONNX stored per-row quantized: INT8 (a scale per row) or 4-bit blocks.
+
+onnxruntime's static quantizer would store a table per-tensor uint8, one scale for every row;
+rows of recommender tables differ by orders of magnitude, so a scale per row keeps rare ids
+precise. The table's Gather is rewritten before static quantization:
+
+    INT8:  Gather(int8 table, ids) -> Cast(float) -> Mul(Unsqueeze(Gather(row scales, ids), -1))
+    4-bit: com.microsoft GatherBlockQuantized(packed uint8 table, ids, scales) with one block per
+           row (symmetric, zero point 8), an onnxruntime contrib op.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MIN_ROWS = 16
+
+
+def _tables(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.TensorProto]]:
+    """Gather nodes that read rows (axis 0) of a float32 2-D initializer."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.input[0] not in initializers:
+            continue
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 0)
+        table = initializers[node.input[0]]
+        if axis == 0 and table.data_type == TensorProto.FLOAT and len(table.dims) == 2 and table.dims[0] >= MIN_ROWS:
+            found.append((node, table))
+    return found
+
+
+def per_row_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 per row: (int8 table, float32 scale per row); an all-zero row gets scale 1."""
+    peak = np.abs(table).max(axis=1)
+    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    quantized = np.clip(np.rint(table / scales[:, None]), -127, 127).astype(np.int8)
+    return quantized, scales
+
+
+def per_row_int4(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 4-bit per row, values 0..15 around zero point 8, two per byte (low nibble first)."""
+    peak = np.abs(table).max(axis=1)
+    scales = np.where(peak > 0, peak / 7.0, 1.0).astype(np.float32)
+    codes = (np.clip(np.rint(table / scales[:, None]), -7, 7) + 8).astype(np.uint8)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    return packed, scales
+
+
+def dequantize_int8(quantized: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float table an INT8 per-row table stands for."""
+    return quantized.astype(np.float32) * scales[:, None]
+
+
+def dequantize_int4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float table a packed 4-bit per-row table stands for."""
+    codes = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.int16)
+    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
+    return (codes - 8).astype(np.float32) * scales[:, None]
+
+
+def _rewrite_int8(model, node, table_array, name):
+    quantized, scales = per_row_int8(table_array)
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
+                              numpy_helper.from_array(scales, f"{name}_row_scale"),
+                              numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last_axis")])
+    ids, output = node.input[1], node.output[0]
+    scale_gather = f"{name}_gather_row_scale"
+    new_nodes = [
+        helper.make_node("Gather", [f"{name}_int8", ids], [f"{name}_rows_int8"], name=f"{name}_gather_int8", axis=0),
+        helper.make_node("Cast", [f"{name}_rows_int8"], [f"{name}_rows_float"], name=f"{name}_cast",
+                         to=TensorProto.FLOAT),
+        helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{name}_scales"], name=scale_gather, axis=0),
+        helper.make_node("Unsqueeze", [f"{name}_scales", f"{name}_last_axis"], [f"{name}_scales_column"],
+                         name=f"{name}_unsqueeze"),
+        helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scales_column"], [output], name=f"{name}_dequantize"),
+    ]
+    return _replace(graph, node, new_nodes, [scale_gather]), dequantize_int8(quantized, scales), \
+        quantized.nbytes + scales.nbytes
+
+
+def _rewrite_int4(model, node, table_array, name):
+    dim = table_array.shape[1]
+    packed, scales = per_row_int4(table_array)
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_int4"),
+                              numpy_helper.from_array(scales[:, None], f"{name}_row_scale")])
+    gather = helper.make_node("GatherBlockQuantized", [f"{name}_int4", node.input[1], f"{name}_row_scale"],
+                              [node.output[0]], name=f"{name}_gather_int4", domain="com.microsoft",
+                              bits=4, block_size=dim, gather_axis=0, quantize_axis=1)
+    if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return _replace(graph, node, [gather], []), dequantize_int4(packed, scales), packed.nbytes + scales.nbytes
+
+
+def _replace(graph, node, new_nodes, keep_float) -> list[str]:
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    for offset, new in enumerate(new_nodes):
+        graph.node.insert(position + offset, new)
+    return keep_float
+
+
+def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]]:
+    """Rewrite every embedding table of the ONNX file at `path` in place.
+
+    Returns a report per table (rows, dim, bytes before and after, measured max reconstruction
+    error and its bound, half a quantization step) and the names of nodes that must stay float
+    in the later static quantization (the row-scale lookups)."""
+    model = onnx.load(str(path))
+    reports, keep_float = [], []
+    users: dict[str, int] = {}
+    for graph_node in model.graph.node:
+        for name in graph_node.input:
+            users[name] = users.get(name, 0) + 1
+    for node, table in _tables(model):
+        table_array = numpy_helper.to_array(table)
+        dim = table_array.shape[1]
+        use_int4 = bits == 4 and dim % 2 == 0 and dim >= 16 and (dim & (dim - 1)) == 0
+        rewrite = _rewrite_int4 if use_int4 else _rewrite_int8
+        name = table.name.replace("/", "_").replace(".", "_")
+        kept, restored, stored_bytes = rewrite(model, node, table_array, name)
+        keep_float += kept
+        if users.get(table.name, 0) <= 1:
+            model.graph.initializer.remove(table)
+        steps = np.abs(table_array).max(axis=1) / (7.0 if use_int4 else 127.0)
+        reports.append({"table": table.name, "rows": int(table_array.shape[0]), "dim": int(dim),
+                        "bits": 4 if use_int4 else 8, "bytes_before": int(table_array.nbytes),
+                        "bytes_after": int(stored_bytes),
+                        "max_abs_error": float(np.abs(restored - table_array).max()),
+                        "error_bound": float(steps.max() / 2)})
+    onnx.save(model, str(path))
+    return reports, keep_float

@@ -1,0 +1,73 @@
+"""Per-row embedding table quantization: round-trip bounds and the rewritten ONNX graph in onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgepack.config import InputSpec
+from edgepack.embedding_quant import (dequantize_int4, dequantize_int8, per_row_int4, per_row_int8,
+                                      quantize_tables)
+from edgepack.onnx_export import export_float_onnx
+from edgepack.runners import OrtRunner
+from tests.unit import prune_models
+
+
+def _table(seed=0):
+    rng = np.random.default_rng(seed)
+    # rows of very different magnitude: a single per-tensor scale would crush the small ones
+    return (rng.normal(size=(64, 32)) * rng.uniform(0.001, 10, size=(64, 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_per_row_round_trip_is_within_half_a_step_of_each_row(bits):
+    table = _table()
+    if bits == 8:
+        restored, step = dequantize_int8(*per_row_int8(table)), np.abs(table).max(axis=1) / 127
+    else:
+        restored, step = dequantize_int4(*per_row_int4(table)), np.abs(table).max(axis=1) / 7
+    error = np.abs(restored - table).max(axis=1)
+    assert np.all(error <= step / 2 + 1e-6)
+    assert error.max() > 0
+
+
+def test_zero_rows_survive():
+    table = _table()
+    table[3] = 0
+    assert np.array_equal(dequantize_int8(*per_row_int8(table))[3], np.zeros(32, np.float32))
+
+
+@pytest.fixture()
+def embedding_onnx(tmp_path):
+    torch.manual_seed(0)
+    model = prune_models.EmbeddingModel("cat").eval()
+    gen = torch.Generator().manual_seed(1)
+    example = (torch.randint(0, 50, (32,), generator=gen), torch.randint(0, 40, (32,), generator=gen),
+               torch.randn(32, 4, generator=gen))
+    feeds = {f"in{i}": t.numpy() for i, t in enumerate(example)}
+    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]), InputSpec(name="in1", dtype="int64", shape=["batch"]),
+              InputSpec(name="in2", dtype="float32", shape=["batch", 4])]
+    path = export_float_onnx(model, inputs, feeds, tmp_path / "float.onnx")
+    return path, feeds, OrtRunner(path, threads=1)(feeds)[0]
+
+
+@pytest.mark.parametrize("bits, shrink", [(8, 3.0), (4, 5.0)])  # dim 16: scales cost 25% of int8 rows
+def test_tables_are_rewritten_and_still_compute_the_model(embedding_onnx, bits, shrink):
+    path, feeds, expected = embedding_onnx
+    reports, keep_float = quantize_tables(path, bits=bits)
+    assert sorted(report["rows"] for report in reports) == [40, 50]
+    for report in reports:
+        assert report["bits"] == bits and report["bytes_after"] * shrink < report["bytes_before"]
+        assert report["max_abs_error"] <= report["error_bound"] + 1e-6
+    model = onnx.load(str(path))
+    float_tables = [init.name for init in model.graph.initializer
+                    if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2 and init.dims[1] > 1
+                    and init.dims[0] >= 40]
+    assert float_tables == []
+    ops = [node.op_type for node in model.graph.node]
+    assert ("GatherBlockQuantized" in ops) == (bits == 4)
+    assert len(keep_float) == (2 if bits == 8 else 0)
+    got = OrtRunner(path, threads=1)(feeds)[0]
+    assert np.abs(got - expected).max() < (0.02 if bits == 8 else 0.3)
