@@ -8,11 +8,10 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
-from edgepack.distill import DistillReport, distill
+from edgepack.distill import DistillReport, distill, distillation_loss
 from edgepack.progress import Progress
 from edgepack.prune import PruneResult, as_tensors, prune_model, reload_and_check, save_pruned
 
@@ -50,8 +49,8 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
     def taylor_loss(model):
         inputs = as_tensors(calibration.arrays, names)
         with torch.no_grad():
-            pseudo_labels = teacher(*inputs).argmax(1)
-        return F.cross_entropy(model(*inputs), pseudo_labels)
+            teacher_logits = teacher(*inputs)
+        return distillation_loss(model(*inputs), teacher_logits, 1.0)
 
     def recover(model, step):
         with progress.step(f"distilling after pruning step {step}"):

@@ -79,13 +79,33 @@ def _predict(model: nn.Module, inputs: tuple[torch.Tensor, ...], size: int = 512
         return torch.cat([model(*(t[i:i + size] for t in inputs)) for i in range(0, len(inputs[0]), size)])
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2-scaled divergence of softened outputs: softmax over classes, or a sigmoid for 1-D binary logits."""
+    if student_logits.dim() == 1:
+        soft_target = torch.sigmoid(teacher_logits / temperature)
+        return temperature ** 2 * F.binary_cross_entropy_with_logits(student_logits / temperature, soft_target)
+    return temperature ** 2 * F.kl_div(F.log_softmax(student_logits / temperature, 1),
+                                       F.log_softmax(teacher_logits / temperature, 1),
+                                       reduction="batchmean", log_target=True)
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class labels, or binary cross-entropy for 1-D logits and 0/1 labels."""
+    if logits.dim() == 1:
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def _top1(logits: torch.Tensor) -> torch.Tensor:
+    return (logits > 0).long() if logits.dim() == 1 else logits.argmax(1)
+
+
 def _validation_score(student, teacher_logits, inputs, labels, temperature) -> tuple[float, float]:
-    """(accuracy or agreement, minus distillation KL): small validation sets saturate accuracy, the KL breaks ties."""
+    """(accuracy or agreement, minus distillation loss): small validation sets saturate accuracy; the loss breaks ties."""
     logits = _predict(student.eval(), inputs)
-    target = labels if labels is not None else teacher_logits.argmax(1)
-    kl = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
-                  reduction="batchmean", log_target=True)
-    return float((logits.argmax(1) == target).float().mean()), -float(kl)
+    target = labels if labels is not None else _top1(teacher_logits)
+    divergence = distillation_loss(logits, teacher_logits, temperature)
+    return float((_top1(logits) == target).float().mean()), -float(divergence)
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
@@ -121,11 +141,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
             logits = student(*batch)
             with torch.no_grad():
                 teacher_logits = teacher_train[index] if not taps else teacher(*batch)
-            loss = config.alpha * temperature ** 2 * F.kl_div(
-                F.log_softmax(logits / temperature, 1), F.log_softmax(teacher_logits / temperature, 1),
-                reduction="batchmean", log_target=True)
+            loss = config.alpha * distillation_loss(logits, teacher_logits, temperature)
             if train_y is not None:
-                loss = loss + (1 - config.alpha) * F.cross_entropy(logits, train_y[index])
+                loss = loss + (1 - config.alpha) * label_loss(logits, train_y[index])
             for (s_tap, t_tap), projection in zip(taps, projections):
                 loss = loss + config.feature_weight * F.mse_loss(projection(s_tap.value), t_tap.value.detach())
             optimizer.zero_grad()

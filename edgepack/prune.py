@@ -79,14 +79,23 @@ def _outputs(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[torch
 def output_heads(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[nn.Module]:
     """Layers whose output is a model output (classification heads): never pruned."""
     produced: dict[int, nn.Module] = {}
-    hooks = [layer.register_forward_hook(lambda m, i, o: produced.__setitem__(id(o), m))
+    order: list[nn.Module] = []
+
+    def record(layer, inputs, output):
+        produced[id(output)] = layer
+        order.append(layer)
+
+    hooks = [layer.register_forward_hook(record)
              for layer in module.modules() if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding))]
     try:
         outputs = _outputs_raw(module, example)
     finally:
         for hook in hooks:
             hook.remove()
-    return [produced[id(output)] for output in outputs if id(output) in produced]
+    heads = [produced[id(output)] for output in outputs if id(output) in produced]
+    # An output reshaped after its layer (e.g. a logit squeezed to [batch]) is no longer the same
+    # tensor: then the last layer that ran is the head.
+    return heads or order[-1:]
 
 
 def _outputs_raw(module, example):
