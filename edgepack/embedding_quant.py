@@ -18,6 +18,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MIN_ROWS = 16
+# Below this width a scale per row costs more than it saves (a [rows, 1] bias table would grow):
+# such tables share one scale.
+MIN_PER_ROW_DIM = 8
 
 
 def _tables(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.TensorProto]]:
@@ -34,10 +37,21 @@ def _tables(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.TensorPro
     return found
 
 
-def per_row_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric INT8 per row: (int8 table, float32 scale per row); an all-zero row gets scale 1."""
+def _typical(peaks: np.ndarray) -> float:
+    """Stand-in peak for all-zero rows (padding): the smallest real one, so the row-scale table keeps
+    the range of the real scales instead of jumping to an arbitrary 1.0."""
+    positive = peaks[peaks > 0]
+    return float(positive.min()) if positive.size else 1.0
+
+
+def per_row_int8(table: np.ndarray, *, shared_scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 per row: (int8 table, float32 scale per row); an all-zero row gets scale 1.
+
+    With `shared_scale` every row gets the table-wide scale (returned once per row)."""
     peak = np.abs(table).max(axis=1)
-    scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    if shared_scale:
+        peak = np.full_like(peak, np.abs(table).max())
+    scales = (np.where(peak > 0, peak, _typical(peak)) / 127.0).astype(np.float32)
     quantized = np.clip(np.rint(table / scales[:, None]), -127, 127).astype(np.int8)
     return quantized, scales
 
@@ -45,7 +59,7 @@ def per_row_int8(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def per_row_int4(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric 4-bit per row, values 0..15 around zero point 8, two per byte (low nibble first)."""
     peak = np.abs(table).max(axis=1)
-    scales = np.where(peak > 0, peak / 7.0, 1.0).astype(np.float32)
+    scales = (np.where(peak > 0, peak, _typical(peak)) / 7.0).astype(np.float32)
     codes = (np.clip(np.rint(table / scales[:, None]), -7, 7) + 8).astype(np.uint8)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
     return packed, scales
@@ -64,23 +78,33 @@ def dequantize_int4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def _rewrite_int8(model, node, table_array, name):
-    quantized, scales = per_row_int8(table_array)
+    shared = table_array.shape[1] < MIN_PER_ROW_DIM
+    quantized, scales = per_row_int8(table_array, shared_scale=shared)
     graph = model.graph
-    graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
-                              numpy_helper.from_array(scales, f"{name}_row_scale"),
-                              numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last_axis")])
     ids, output = node.input[1], node.output[0]
+    cast = [helper.make_node("Gather", [f"{name}_int8", ids], [f"{name}_rows_int8"], name=f"{name}_gather_int8",
+                             axis=0),
+            helper.make_node("Cast", [f"{name}_rows_int8"], [f"{name}_rows_float"], name=f"{name}_cast",
+                             to=TensorProto.FLOAT)]
+    graph.initializer.append(numpy_helper.from_array(quantized, f"{name}_int8"))
+    if shared:
+        graph.initializer.append(numpy_helper.from_array(scales[:1].reshape(()), f"{name}_scale"))
+        new_nodes = cast + [helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scale"], [output],
+                                             name=f"{name}_dequantize")]
+        return _replace(graph, node, new_nodes, [n.name for n in new_nodes]), dequantize_int8(quantized, scales), \
+            quantized.nbytes + 4
+    graph.initializer.extend([numpy_helper.from_array(scales, f"{name}_row_scale"),
+                              numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last_axis")])
     scale_gather = f"{name}_gather_row_scale"
-    new_nodes = [
-        helper.make_node("Gather", [f"{name}_int8", ids], [f"{name}_rows_int8"], name=f"{name}_gather_int8", axis=0),
-        helper.make_node("Cast", [f"{name}_rows_int8"], [f"{name}_rows_float"], name=f"{name}_cast",
-                         to=TensorProto.FLOAT),
+    new_nodes = cast + [
         helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{name}_scales"], name=scale_gather, axis=0),
         helper.make_node("Unsqueeze", [f"{name}_scales", f"{name}_last_axis"], [f"{name}_scales_column"],
                          name=f"{name}_unsqueeze"),
         helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scales_column"], [output], name=f"{name}_dequantize"),
     ]
-    return _replace(graph, node, new_nodes, [scale_gather]), dequantize_int8(quantized, scales), \
+    # The whole dequantization chain stays float: a QDQ pair on the gathered scales would requantize
+    # them per-tensor (scales span orders of magnitude) and undo the per-row precision.
+    return _replace(graph, node, new_nodes, [n.name for n in new_nodes]), dequantize_int8(quantized, scales), \
         quantized.nbytes + scales.nbytes
 
 
@@ -128,9 +152,13 @@ def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]
         keep_float += kept
         if users.get(table.name, 0) <= 1:
             model.graph.initializer.remove(table)
-        steps = np.abs(table_array).max(axis=1) / (7.0 if use_int4 else 127.0)
+        peaks = np.abs(table_array).max(axis=1)
+        if not use_int4 and dim < MIN_PER_ROW_DIM:
+            peaks = np.full_like(peaks, peaks.max())
+        steps = peaks / (7.0 if use_int4 else 127.0)
         reports.append({"table": table.name, "rows": int(table_array.shape[0]), "dim": int(dim),
                         "bits": 4 if use_int4 else 8, "bytes_before": int(table_array.nbytes),
+                        "scales": "per row" if use_int4 or dim >= MIN_PER_ROW_DIM else "one per table",
                         "bytes_after": int(stored_bytes),
                         "max_abs_error": float(np.abs(restored - table_array).max()),
                         "error_bound": float(steps.max() / 2)})

@@ -25,6 +25,7 @@ class QdqSettings:
     symmetric_activations: bool = False
     keep_input_convs_float: bool = True
     embedding_bits: Optional[int] = 8  # per-row tables (8 or 4 bits); None: onnxruntime's per-tensor default
+    op_types: Optional[tuple[str, ...]] = None  # None: every op type onnxruntime can quantize
 
 
 # Below this many multiply-accumulates per output value (in_channels/groups * kh * kw) the u8s8
@@ -94,6 +95,7 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
                 calibrate_method=ort_method(method), quant_format=QuantFormat.QDQ,
                 activation_type=types[settings.activation_type], weight_type=types[settings.weight_type],
                 per_channel=settings.per_channel, nodes_to_exclude=float_nodes,
+                op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
                 extra_options={"ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True},
             )
         except Exception as exc:

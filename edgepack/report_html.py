@@ -134,8 +134,9 @@ def _drift_table(manifest: dict) -> str:
         for check in item["drift"]:
             rows.append([_e(name), f"<code>{_e(item['path'])}</code>", _e(check["metric"]), f"{check['value']:.4g}",
                          f"{_e(check['bound'])} {check['limit']:g}", _verdict(check["passed"])])
-        rows.append([_e(name), f"<code>{_e(item['path'])}</code>", "max abs / relative L2 error",
-                     f"{metrics['max_abs_error']:.3g} / {metrics['relative_l2']:.3g}", "(reported)", ""])
+        errors = [f"{metrics[key]:.3g}" for key in ("max_abs_error", "relative_l2") if key in metrics]
+        rows.append([_e(name), f"<code>{_e(item['path'])}</code>", "max abs / relative L2 error of outputs",
+                     " / ".join(errors), "(reported)", ""])
     return _table(["target", "artifact", "metric", "measured", "budget", "verdict"], rows, left=3)
 
 

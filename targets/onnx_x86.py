@@ -29,7 +29,8 @@ class X86Target(Target):
                                weight_type=context.quantization.weight_type,
                                per_channel=context.quantization.per_channel,
                                keep_input_convs_float=context.quantization.keep_input_convs_float,
-                               embedding_bits=context.quantization.embedding_bits)
+                               embedding_bits=context.quantization.embedding_bits,
+                               op_types=tuple(context.quantization.op_types or ()) or None)
         outcome = quantize_qdq(context.float_onnx, path, calibration=context.calibration,
                      input_names=[spec.name for spec in context.inputs], method=context.method,
                      settings=settings, scratch=context.scratch_dir)

@@ -3,7 +3,7 @@
 Seven fields (user, item, occupation, gender, age bucket, genre bag, dense features) each give a
 16-d vector for a factorization machine (second-order interactions) and, concatenated with the
 full 32-d user and item embeddings, feed an MLP. The logit is MLP + FM + user / item biases.
-About 0.11M parameters, ~80% of them in the user and item tables.
+115,492 parameters, 73% of them in the user and item tables.
 """
 
 from __future__ import annotations

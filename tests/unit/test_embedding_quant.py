@@ -68,6 +68,6 @@ def test_tables_are_rewritten_and_still_compute_the_model(embedding_onnx, bits, 
     assert float_tables == []
     ops = [node.op_type for node in model.graph.node]
     assert ("GatherBlockQuantized" in ops) == (bits == 4)
-    assert len(keep_float) == (2 if bits == 8 else 0)
+    assert len(keep_float) == (10 if bits == 8 else 0)  # the dequantization chain of both tables
     got = OrtRunner(path, threads=1)(feeds)[0]
     assert np.abs(got - expected).max() < (0.02 if bits == 8 else 0.3)
