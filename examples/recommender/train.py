@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch, for tests")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    # One thread: the matmuls are tiny (batch 256 x 144), and a second thread made each step 10x
+    # One thread: the matmuls are tiny (batch 256 x 336), and a second thread made each step 10x
     # slower on a busy 2-core machine (spin-waits); subnormal Adam moments made sqrt crawl too.
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)

@@ -1,0 +1,103 @@
+"""Recommender end to end on MovieLens-100K: ranking-aware drift, per-row tables, id checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgepack.config import load_recipe
+from edgepack.errors import EXIT_OK, DataError
+from edgepack.pipeline import load_data, pack
+
+pytestmark = pytest.mark.e2e
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommender"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The example quick-trained (1 epoch) into a scratch folder, with its recipe beside it."""
+    if importlib.util.find_spec("recbole") is None:
+        pytest.skip("MovieLens data not installed (pip install --no-deps recbole==1.2.1)")
+    folder = tmp_path_factory.mktemp("recommender")
+    (folder / "model.py").write_text((EXAMPLE / "model.py").read_text())
+    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--quick", "--out", str(folder / "artifacts")],
+                   check=True, capture_output=True, cwd=EXAMPLE)
+    return folder
+
+
+def _recipe(folder: Path, out: Path, **changes) -> Path:
+    data = yaml.safe_load((EXAMPLE / "recipe.yaml").read_text())
+    data.update(targets=["x86"], output=str(out), latency={"batch_size": 64, "warmup": 1, "repeats": 3})
+    data.update(changes)
+    path = folder / f"recipe-{out.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def packed(trained, tmp_path_factory):
+    recipe = load_recipe(_recipe(trained, tmp_path_factory.mktemp("rec") / "bundle"))
+    return pack(recipe, bench=False)
+
+
+def test_ranking_aware_drift_is_measured_per_segment(packed):
+    assert packed.exit_code == EXIT_OK
+    artifact = packed.manifest["targets"]["x86"]["artifacts"][0]
+    metrics = artifact["metrics"]
+    assert abs(metrics["auc_drop"]) <= 0.003 and metrics["ndcg_relative_drop"] <= 0.01
+    assert metrics["spearman"] > 0.99 and metrics["topk_overlap"] > 0.9
+    for segment in ("user_segment=0", "user_segment=1", "item_segment=0", "item_segment=1"):
+        assert metrics[f"{segment}/samples"] > 0 and f"{segment}/auc_drop" in metrics
+    checked = {check["metric"] for check in artifact["drift"]}
+    assert {"auc_drop", "ndcg_relative_drop", "user_segment=0/auc_drop", "item_segment=1/ndcg_relative_drop"} <= checked
+    source = packed.manifest["source_model"]["metrics"]
+    assert 0.6 < source["auc"] < 1 and "ndcg@10" in source
+
+
+def test_tables_are_per_row_int8_in_the_x86_artifact(packed):
+    artifact = packed.manifest["targets"]["x86"]["artifacts"][0]
+    tables = {table["table"]: table for table in artifact["structure"]["embedding_tables"]}
+    assert {"user.weight", "item.weight"} <= set(tables)
+    for name in ("user.weight", "item.weight"):
+        table = tables[name]
+        assert table["bits"] == 8 and table["scales"] == "per row"
+        assert table["bytes_after"] < table["bytes_before"] * 0.27
+        assert table["max_abs_error"] <= table["error_bound"] + 1e-7
+    assert artifact["size_ratio_vs_fp32_onnx"] < 0.35
+
+
+def test_four_bit_tables_are_smaller_still(trained, tmp_path):
+    recipe = load_recipe(_recipe(trained, tmp_path / "bundle4", quantization={"embedding_bits": 4}))
+    result = pack(recipe, bench=False)
+    artifact = result.manifest["targets"]["x86"]["artifacts"][0]
+    assert artifact["structure"]["op_counts"].get("GatherBlockQuantized", 0) >= 2
+    assert artifact["size_ratio_vs_fp32_onnx"] < 0.2
+    assert abs(artifact["metrics"]["auc_drop"]) <= 0.01
+
+
+def test_out_of_range_ids_are_rejected_before_any_artifact(trained, tmp_path):
+    arrays = dict(np.load(trained / "artifacts" / "eval.npz"))
+    arrays["item_id"] = arrays["item_id"].copy()
+    arrays["item_id"][:3] = 5000
+    np.savez(tmp_path / "bad.npz", **arrays)
+    recipe = load_recipe(_recipe(trained, tmp_path / "never", evaluation={
+        "path": str(tmp_path / "bad.npz"), "labels": "click", "group_by": "user_id"}))
+    with pytest.raises(DataError, match=r"input 'item_id': 3 id\(s\) outside the table range \[0, 1683\)"):
+        load_data(recipe)
+    assert not (tmp_path / "never").exists()
+
+
+def test_float_ids_are_rejected(trained, tmp_path):
+    arrays = dict(np.load(trained / "artifacts" / "eval.npz"))
+    arrays["user_id"] = arrays["user_id"].astype(np.float32)
+    np.savez(tmp_path / "float_ids.npz", **arrays)
+    recipe = load_recipe(_recipe(trained, tmp_path / "never", evaluation={
+        "path": str(tmp_path / "float_ids.npz"), "labels": "click", "group_by": "user_id"}))
+    with pytest.raises(DataError, match="input 'user_id': expected dtype int64, got float32"):
+        load_data(recipe)
