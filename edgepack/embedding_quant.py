@@ -6,7 +6,9 @@ precise. The table's Gather is rewritten before static quantization:
 
     INT8:  Gather(int8 table, ids) -> Cast(float) -> Mul(Unsqueeze(Gather(row scales, ids), -1))
     4-bit: com.microsoft GatherBlockQuantized(packed uint8 table, ids, scales) with one block per
-           row (symmetric, zero point 8), an onnxruntime contrib op.
+           row (symmetric, zero point 8), an onnxruntime contrib op, then Cast(float).
+
+Row scales are float16 (rounded up), as in FBGEMM's row-wise tables.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def _typical(peaks: np.ndarray) -> float:
     return float(positive.min()) if positive.size else 1.0
 
 
+def _half_up(scales: np.ndarray) -> np.ndarray:
+    """Scales stored as float16 (as FBGEMM's row-wise tables do: 2 bytes a row instead of 4), rounded
+    up so that no value of a row leaves the quantized range."""
+    half = scales.astype(np.float16)
+    low = half.astype(np.float32) < scales
+    half[low] = np.nextafter(half[low], np.float16(np.inf))
+    return half
+
+
 def per_row_int8(table: np.ndarray, *, shared_scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric INT8 per row: (int8 table, float32 scale per row); an all-zero row gets scale 1.
 
@@ -51,30 +62,30 @@ def per_row_int8(table: np.ndarray, *, shared_scale: bool = False) -> tuple[np.n
     peak = np.abs(table).max(axis=1)
     if shared_scale:
         peak = np.full_like(peak, np.abs(table).max())
-    scales = (np.where(peak > 0, peak, _typical(peak)) / 127.0).astype(np.float32)
-    quantized = np.clip(np.rint(table / scales[:, None]), -127, 127).astype(np.int8)
+    scales = _half_up(np.where(peak > 0, peak, _typical(peak)) / 127.0)
+    quantized = np.clip(np.rint(table / scales.astype(np.float32)[:, None]), -127, 127).astype(np.int8)
     return quantized, scales
 
 
 def per_row_int4(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric 4-bit per row, values 0..15 around zero point 8, two per byte (low nibble first)."""
     peak = np.abs(table).max(axis=1)
-    scales = (np.where(peak > 0, peak, _typical(peak)) / 7.0).astype(np.float32)
-    codes = (np.clip(np.rint(table / scales[:, None]), -7, 7) + 8).astype(np.uint8)
+    scales = _half_up(np.where(peak > 0, peak, _typical(peak)) / 7.0)
+    codes = (np.clip(np.rint(table / scales.astype(np.float32)[:, None]), -7, 7) + 8).astype(np.uint8)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
     return packed, scales
 
 
 def dequantize_int8(quantized: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """The float table an INT8 per-row table stands for."""
-    return quantized.astype(np.float32) * scales[:, None]
+    return quantized.astype(np.float32) * scales.astype(np.float32)[:, None]
 
 
 def dequantize_int4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """The float table a packed 4-bit per-row table stands for."""
     codes = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.int16)
     codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
-    return (codes - 8).astype(np.float32) * scales[:, None]
+    return (codes - 8).astype(np.float32) * scales.astype(np.float32)[:, None]
 
 
 def _rewrite_int8(model, node, table_array, name):
@@ -88,7 +99,7 @@ def _rewrite_int8(model, node, table_array, name):
                              to=TensorProto.FLOAT)]
     graph.initializer.append(numpy_helper.from_array(quantized, f"{name}_int8"))
     if shared:
-        graph.initializer.append(numpy_helper.from_array(scales[:1].reshape(()), f"{name}_scale"))
+        graph.initializer.append(numpy_helper.from_array(scales[:1].astype(np.float32).reshape(()), f"{name}_scale"))
         new_nodes = cast + [helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scale"], [output],
                                              name=f"{name}_dequantize")]
         return _replace(graph, node, new_nodes, [n.name for n in new_nodes]), dequantize_int8(quantized, scales), \
@@ -97,7 +108,9 @@ def _rewrite_int8(model, node, table_array, name):
                               numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last_axis")])
     scale_gather = f"{name}_gather_row_scale"
     new_nodes = cast + [
-        helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{name}_scales"], name=scale_gather, axis=0),
+        helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{name}_scales_half"], name=scale_gather, axis=0),
+        helper.make_node("Cast", [f"{name}_scales_half"], [f"{name}_scales"], name=f"{name}_cast_scales",
+                         to=TensorProto.FLOAT),
         helper.make_node("Unsqueeze", [f"{name}_scales", f"{name}_last_axis"], [f"{name}_scales_column"],
                          name=f"{name}_unsqueeze"),
         helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scales_column"], [output], name=f"{name}_dequantize"),
@@ -115,11 +128,12 @@ def _rewrite_int4(model, node, table_array, name):
     graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_int4"),
                               numpy_helper.from_array(scales[:, None], f"{name}_row_scale")])
     gather = helper.make_node("GatherBlockQuantized", [f"{name}_int4", node.input[1], f"{name}_row_scale"],
-                              [node.output[0]], name=f"{name}_gather_int4", domain="com.microsoft",
+                              [f"{name}_rows_half"], name=f"{name}_gather_int4", domain="com.microsoft",
                               bits=4, block_size=dim, gather_axis=0, quantize_axis=1)
+    cast = helper.make_node("Cast", [f"{name}_rows_half"], [node.output[0]], name=f"{name}_cast", to=TensorProto.FLOAT)
     if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return _replace(graph, node, [gather], []), dequantize_int4(packed, scales), packed.nbytes + scales.nbytes
+    return _replace(graph, node, [gather, cast], []), dequantize_int4(packed, scales), packed.nbytes + scales.nbytes
 
 
 def _replace(graph, node, new_nodes, keep_float) -> list[str]:
@@ -155,7 +169,8 @@ def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]
         peaks = np.abs(table_array).max(axis=1)
         if not use_int4 and dim < MIN_PER_ROW_DIM:
             peaks = np.full_like(peaks, peaks.max())
-        steps = peaks / (7.0 if use_int4 else 127.0)
+        steps = _half_up(np.where(peaks > 0, peaks, _typical(peaks)) / (7.0 if use_int4 else 127.0))
+        steps = steps.astype(np.float32)
         reports.append({"table": table.name, "rows": int(table_array.shape[0]), "dim": int(dim),
                         "bits": 4 if use_int4 else 8, "bytes_before": int(table_array.nbytes),
                         "scales": "per row" if use_int4 or dim >= MIN_PER_ROW_DIM else "one per table",
