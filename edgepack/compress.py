@@ -13,7 +13,9 @@ from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.distill import DistillReport, distill, distillation_loss
 from edgepack.progress import Progress
-from edgepack.prune import PruneResult, as_tensors, prune_model, reload_and_check, save_pruned
+from edgepack.lowrank import factorize
+from edgepack.prune import (PruneResult, as_tensors, count, output_heads, prune_model, reload_and_check, save_pruned,
+                            unpruned)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class CompressionResult:
     pruning: PruneResult
     distillation: Optional[DistillReport]
     accuracy: dict[str, float]
+    lowrank: tuple[dict, ...] = ()
+    params_after: int = 0
+    macs_after: int = 0
 
 
 def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
@@ -57,18 +62,30 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
             distill(model, teacher, distill_data.arrays, distill_data.labels, names, recipe.distill,
                     seed=recipe.distill.seed)
 
-    with progress.step(f"pruning {recipe.prune.ratio:.0%} of {recipe.prune.by} in {recipe.prune.steps} step(s), "
-                       "self-checking every layer group"):
-        pruned = prune_model(teacher, example, recipe.prune, taylor_loss=taylor_loss,
-                             between_steps=recover if distill_data is not None else None)
-    accuracy = {"float": _quality(teacher, evaluation, recipe), "pruned": _quality(pruned.module, evaluation, recipe)}
+    if recipe.prune is not None:
+        with progress.step(f"pruning {recipe.prune.ratio:.0%} of {recipe.prune.by} in {recipe.prune.steps} step(s), "
+                           "self-checking every layer group"):
+            pruned = prune_model(teacher, example, recipe.prune, taylor_loss=taylor_loss,
+                                 between_steps=recover if distill_data is not None else None)
+    else:
+        pruned = unpruned(teacher, example)
+    factorized = []
+    if recipe.lowrank is not None:
+        with progress.step(f"factorizing Linear layers (SVD, {recipe.lowrank.energy:.0%} energy)"):
+            heads = {name for name, layer in pruned.module.named_modules() if layer in output_heads(pruned.module, example)}
+            factorized = factorize(pruned.module, energy=recipe.lowrank.energy,
+                                   min_features=recipe.lowrank.min_features, keep=heads)
+    stage = "pruned" if recipe.prune is not None else "compressed"
+    accuracy = {"float": _quality(teacher, evaluation, recipe), stage: _quality(pruned.module, evaluation, recipe)}
     report = None
     if distill_data is not None:
         with progress.step("distilling the pruned model from the float model"):
             report = distill(pruned.module, teacher, distill_data.arrays, distill_data.labels, names,
                              recipe.distill, seed=recipe.distill.seed)
         accuracy["distilled"] = _quality(pruned.module, evaluation, recipe)
-    return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy)
+    macs_after, params_after = count(pruned.module, example)
+    return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy,
+                             lowrank=tuple(factorized), params_after=params_after, macs_after=macs_after)
 
 
 def save_compressed(result: CompressionResult, example: dict[str, np.ndarray], names: list[str], path: Path) -> float:
@@ -82,10 +99,11 @@ def compression_manifest(result: CompressionResult, *, latency: dict, reload_dif
     """The manifest's `pruning` section."""
     pruning = result.pruning
     section = {
-        "params": {"before": pruning.params_before, "after": pruning.params_after},
-        "macs": {"before": pruning.macs_before, "after": pruning.macs_after,
-                 "removed_fraction": 1 - pruning.macs_after / pruning.macs_before},
-        "size_bytes": {"before": pruning.params_before * 4, "after": pruning.params_after * 4},
+        "params": {"before": pruning.params_before, "after": result.params_after},
+        "macs": {"before": pruning.macs_before, "after": result.macs_after,
+                 "removed_fraction": 1 - result.macs_after / pruning.macs_before},
+        "size_bytes": {"before": pruning.params_before * 4, "after": result.params_after * 4},
+        "lowrank": list(result.lowrank),
         "accuracy": result.accuracy,
         "layers": {name: {"before": before, "after": after} for name, (before, after) in pruning.layers.items()},
         "self_check": list(pruning.checks),
@@ -94,7 +112,7 @@ def compression_manifest(result: CompressionResult, *, latency: dict, reload_dif
         "reload_max_abs_difference": reload_difference,
     }
     section["summary"] = (f"{section['macs']['removed_fraction']:.0%} of MACs and "
-                          f"{1 - pruning.params_after / pruning.params_before:.0%} of parameters removed; accuracy "
+                          f"{1 - result.params_after / pruning.params_before:.0%} of parameters removed; accuracy "
                           + " → ".join(f"{k} {v:.4f}" for k, v in result.accuracy.items()))
     if result.distillation is not None:
         report = result.distillation

@@ -176,6 +176,13 @@ class PruneConfig(_Section):
     attention: list[AttentionHeads] = Field(default_factory=list)
 
 
+class LowRankConfig(_Section):
+    """Truncated-SVD factorization of Linear layers, the rank keeping `energy` of the spectrum."""
+
+    energy: float = Field(0.95, gt=0.0, lt=1.0)
+    min_features: int = Field(64, ge=2, description="only layers at least this wide on both sides")
+
+
 class DistillConfig(DataSource):
     """Knowledge distillation from the float model (teacher) into the pruned student."""
 
@@ -217,6 +224,7 @@ class Recipe(_Section):
     budget: Budget = Field(default_factory=Budget)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     prune: Optional[PruneConfig] = None
+    lowrank: Optional[LowRankConfig] = None
     distill: Optional[DistillConfig] = None
     output: Optional[Path] = None  # relative to the working directory, like --out
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -238,10 +246,10 @@ class Recipe(_Section):
         if self.task not in TASKS_IMPLEMENTED:
             raise ValueError(f"task '{self.task}' is part of the schema but not implemented in this version; "
                              f"use one of {', '.join(TASKS_IMPLEMENTED)}")
-        if self.distill is not None and self.prune is None:
-            raise ValueError("'distill' recovers accuracy after pruning: it needs a 'prune' section")
-        if self.prune is not None and self.model.onnx is not None:
-            raise ValueError("'prune' needs a PyTorch model (factory or pickle), not an ONNX file")
+        if self.distill is not None and self.prune is None and self.lowrank is None:
+            raise ValueError("'distill' recovers accuracy after compression: it needs 'prune' or 'lowrank'")
+        if (self.prune is not None or self.lowrank is not None) and self.model.onnx is not None:
+            raise ValueError("'prune' and 'lowrank' need a PyTorch model (factory or pickle), not an ONNX file")
         for target_name in self.target_options:
             check_target_name(target_name)
         names = [spec.name for spec in self.inputs]

@@ -110,7 +110,8 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
         progress.warn(warning)
     with progress.step("loading the float model"):
         loaded = load_model(recipe)
-    compressed = compress(loaded.module, recipe, calibration, evaluation, progress) if recipe.prune else None
+    compressed = (compress(loaded.module, recipe, calibration, evaluation, progress)
+                  if recipe.prune is not None or recipe.lowrank is not None else None)
     threads = recipe.latency.threads
     with staging(recipe.output) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
         reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
@@ -146,8 +147,8 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
 
 def prune_only(recipe, progress: Progress = SilentProgress()) -> PackResult:
     """`edgepack prune`: the pack pipeline up to the pruned, distilled and checked fp32 model, no targets."""
-    if recipe.prune is None:
-        raise ConfigError("the recipe has no 'prune' section; add one (ratio, by, importance, ...) to prune")
+    if recipe.prune is None and recipe.lowrank is None:
+        raise ConfigError("the recipe has no 'prune' (or 'lowrank') section; add one (ratio, by, importance, ...)")
     return pack(recipe.model_copy(update={"targets": []}), progress, bench=False)
 
 

@@ -310,6 +310,15 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
                        macs_after=macs1, layers=layers, checks=tuple(checks), notes=tuple(notes))
 
 
+def unpruned(module: nn.Module, example: tuple[torch.Tensor, ...]) -> PruneResult:
+    """A copy of `module` described as a PruneResult that removed nothing (compression without pruning)."""
+    module = copy.deepcopy(module).eval()
+    macs, params = count(module, example)
+    widths = _widths(module)
+    return PruneResult(module=module, params_before=params, params_after=params, macs_before=macs, macs_after=macs,
+                       layers={name: (width, width) for name, width in widths.items()}, checks=())
+
+
 def _sync_attention_heads(module: nn.Module) -> None:
     """nn.MultiheadAttention keeps head_dim and its fast-path flags in sync with a pruned embed_dim."""
     for layer in module.modules():

@@ -97,6 +97,11 @@ def _pruning_lines(pruning: dict) -> list[str]:
         lines.append(f"| latency {runtime} | {_latency(figures['before'])} | {_latency(figures['after'])} |")
     lines += ["", "Layer widths: " + ", ".join(f"`{name}` {w['before']}→{w['after']}"
                                                for name, w in pruning["layers"].items())]
+    lines += [f"- low-rank: `{layer['layer']}` {layer['in']}→{layer['out']} "
+              + (f"factorized at rank {layer['rank']} ({layer['energy']:.0%} energy), params "
+                 f"{layer['params_before']:,}→{layer['params_after']:,}" if layer["factorized"]
+                 else f"kept (rank {layer['rank']} would not save parameters)")
+              for layer in pruning.get("lowrank", [])]
     lines += [f"- {note}" for note in pruning["notes"]]
     if "distillation" in pruning:
         report = pruning["distillation"]

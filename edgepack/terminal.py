@@ -148,6 +148,10 @@ def render_pruning(pruning: dict, *, large: str) -> None:
     checked = sum(1 for check in pruning["self_check"] if check["checked"])
     out.print(f"self-check: {checked} of {len(pruning['self_check'])} layer groups verified exact "
               f"(max relative difference {max((c['max_relative_difference'] for c in pruning['self_check']), default=0):.1e})")
+    for layer in pruning.get("lowrank", []):
+        verdict = f"rank {layer['rank']}" if layer["factorized"] else f"kept (rank {layer['rank']} would not save)"
+        out.print(f"low-rank: {layer['layer']} {layer['in']}→{layer['out']}: {verdict}, "
+                  f"params {layer['params_before']:,}→{layer['params_after'] if layer['factorized'] else layer['params_before']:,}")
     for note in pruning["notes"]:
         out.print(f"note: {note}")
     if "distillation" in pruning:

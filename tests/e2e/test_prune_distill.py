@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def pruned(trained_example, tmp_path_factory):
     return pack_example(
         trained_example, tmp_path_factory.mktemp("pruned") / "bundle",
-        prune={"ratio": 0.5, "by": "macs"},
+        prune={"ratio": 0.5, "by": "macs"}, lowrank={"energy": 0.7, "min_features": 64},
         distill={"path": str(trained_example / "train.npz"), "labels": "label", "epochs": 3, "patience": 3},
         # the quick-trained teacher is itself under-trained: pruning drift is judged loosely here,
         # the bench measures the fully trained example against the real budget
@@ -37,6 +37,8 @@ def test_bundle_records_the_pruning(pruned):
     assert any(widths["after"] < widths["before"] for widths in section["layers"].values())
     assert all(check["checked"] and check["max_relative_difference"] <= 1e-4 for check in section["self_check"])
     assert section["reload_max_abs_difference"] < 1e-5
+    (factorized,) = [layer for layer in section["lowrank"] if layer["factorized"]]
+    assert factorized["layer"] == "9" and factorized["params_after"] < factorized["params_before"]
     assert {"torch_eager_fp32", "onnxruntime_fp32"} == set(section["latency"])
     assert section["distillation"]["epochs_run"] >= 1
     assert [entry["path"] for entry in section["files"]] == ["pruned/model.pt2", "pruned/model.fp32.onnx"]

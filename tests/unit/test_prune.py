@@ -125,3 +125,30 @@ def test_activation_products_without_guidance_are_refused():
     example = (torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(1)),)
     with pytest.raises(PruningError, match="prune.attention"):
         prune_model(model, example, PruneConfig(ratio=0.2, by="params"))
+
+
+def test_low_rank_factorization_keeps_the_energy_and_saves_parameters():
+    from edgepack.lowrank import factorize
+
+    torch.manual_seed(0)
+    low_rank = torch.randn(128, 8) @ torch.randn(8, 96)  # rank 8 plus a little noise
+    model = torch.nn.Sequential(torch.nn.Linear(96, 128), torch.nn.ReLU(), torch.nn.Linear(128, 5))
+    with torch.no_grad():
+        model[0].weight.copy_(low_rank + 0.01 * torch.randn(128, 96))
+    inputs = torch.randn(16, 96)
+    with torch.no_grad():
+        before = model(inputs)
+    (report,) = factorize(model, energy=0.99, min_features=64, keep={"2"})
+    assert report["factorized"] and report["rank"] <= 10 and report["params_after"] < report["params_before"] / 4
+    assert isinstance(model[0], torch.nn.Sequential)
+    with torch.no_grad():
+        assert (model(inputs) - before).abs().max() / before.abs().max() < 0.05
+
+
+def test_low_rank_leaves_full_rank_layers_alone():
+    from edgepack.lowrank import factorize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    (report,) = factorize(model, energy=0.99, min_features=32, keep={"2"})
+    assert not report["factorized"] and isinstance(model[0], torch.nn.Linear)
