@@ -98,8 +98,8 @@ def output_heads(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[n
     return heads or order[-1:]
 
 
-def _outputs_raw(module, example):
-    with torch.no_grad():
+def _outputs_raw(module, example, *, grad: bool = False):
+    with torch.set_grad_enabled(grad):
         result = module(*example)
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
@@ -126,7 +126,7 @@ def risky_patterns(module: nn.Module, example: tuple[torch.Tensor, ...]) -> set[
         for param in params:
             param.requires_grad_(True)
         try:
-            roots = [t.grad_fn for t in _outputs_raw_grad(module, example) if t.grad_fn is not None]
+            roots = [t.grad_fn for t in _outputs_raw(module, example, grad=True) if t.grad_fn is not None]
         finally:
             for param, flag in zip(params, flags):
                 param.requires_grad_(flag)
@@ -141,11 +141,6 @@ def risky_patterns(module: nn.Module, example: tuple[torch.Tensor, ...]) -> set[
             found.add(name.rstrip("0123456789"))
         stack.extend(next_fn for next_fn, _ in node.next_functions)
     return found
-
-
-def _outputs_raw_grad(module, example):
-    result = module(*example)
-    return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
 def _zero_group(group) -> bool:
