@@ -29,6 +29,7 @@ class CompressionResult:
     lowrank: tuple[dict, ...] = ()
     params_after: int = 0
     macs_after: int = 0
+    quality_metric: str = "accuracy"
 
 
 def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
@@ -85,7 +86,8 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
         accuracy["distilled"] = _quality(pruned.module, evaluation, recipe)
     macs_after, params_after = count(pruned.module, example)
     return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy,
-                             lowrank=tuple(factorized), params_after=params_after, macs_after=macs_after)
+                             lowrank=tuple(factorized), params_after=params_after, macs_after=macs_after,
+                             quality_metric=tasks.headline(recipe.task))
 
 
 def save_compressed(result: CompressionResult, example: dict[str, np.ndarray], names: list[str], path: Path) -> float:
@@ -105,6 +107,7 @@ def compression_manifest(result: CompressionResult, *, latency: dict, reload_dif
         "size_bytes": {"before": pruning.params_before * 4, "after": result.params_after * 4},
         "lowrank": list(result.lowrank),
         "accuracy": result.accuracy,
+        "quality_metric": result.quality_metric,
         "layers": {name: {"before": before, "after": after} for name, (before, after) in pruning.layers.items()},
         "self_check": list(pruning.checks),
         "notes": list(pruning.notes),
@@ -112,7 +115,8 @@ def compression_manifest(result: CompressionResult, *, latency: dict, reload_dif
         "reload_max_abs_difference": reload_difference,
     }
     section["summary"] = (f"{section['macs']['removed_fraction']:.0%} of MACs and "
-                          f"{1 - result.params_after / pruning.params_before:.0%} of parameters removed; accuracy "
+                          f"{1 - result.params_after / pruning.params_before:.0%} of parameters removed; "
+                          f"{result.quality_metric} "
                           + " → ".join(f"{k} {v:.4f}" for k, v in result.accuracy.items()))
     if result.distillation is not None:
         report = result.distillation

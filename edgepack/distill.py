@@ -101,11 +101,16 @@ def _top1(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _validation_score(student, teacher_logits, inputs, labels, temperature) -> tuple[float, float]:
-    """(accuracy or agreement, minus distillation loss): small validation sets saturate accuracy; the loss breaks ties."""
+    """(quality, minus distillation loss): accuracy or agreement for classes, AUC for binary logits with
+    labels; small validation sets saturate accuracy, the loss breaks ties."""
     logits = _predict(student.eval(), inputs)
+    divergence = -float(distillation_loss(logits, teacher_logits, temperature))
+    if logits.dim() == 1 and labels is not None:
+        from edgepack.rec_metrics import auc
+
+        return float(auc(labels.numpy(), logits.numpy())), divergence
     target = labels if labels is not None else _top1(teacher_logits)
-    divergence = distillation_loss(logits, teacher_logits, temperature)
-    return float((_top1(logits) == target).float().mean()), -float(divergence)
+    return float((_top1(logits) == target).float().mean()), divergence
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
@@ -169,6 +174,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
         t_tap.close()
     student.load_state_dict(best[2])
     student.eval()
-    metric = "accuracy" if valid_y is not None else "top-1 agreement with the teacher"
+    binary = teacher_valid.dim() == 1
+    metric = ("AUC" if binary else "accuracy") if valid_y is not None else "top-1 agreement with the teacher"
     return DistillReport(epochs_run=epoch, best_epoch=best[1], best_validation=best[0][0], validation_metric=metric,
                          stopped=stopped, seconds=time.perf_counter() - started, history=tuple(history))

@@ -93,9 +93,16 @@ def output_heads(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[n
         for hook in hooks:
             hook.remove()
     heads = [produced[id(output)] for output in outputs if id(output) in produced]
-    # An output reshaped after its layer (e.g. a logit squeezed to [batch]) is no longer the same
-    # tensor: then the last layer that ran is the head.
-    return heads or order[-1:]
+    if heads:
+        return heads
+    # An output computed after its layers (a logit squeezed to [batch], a sum of several terms) is
+    # no tensor a layer produced: protect every layer as wide as an output (e.g. all width-1 logit
+    # and bias layers of a CTR model) and the last layer that ran.
+    widths = {output.shape[-1] if output.dim() > 1 else 1 for output in outputs}
+    width_of = _widths(module)
+    names = {id(layer): name for name, layer in module.named_modules()}
+    matching = [layer for layer in dict.fromkeys(order) if width_of.get(names[id(layer)]) in widths]
+    return list(dict.fromkeys(matching + order[-1:]))
 
 
 def _outputs_raw(module, example, *, grad: bool = False):

@@ -101,3 +101,13 @@ def test_float_ids_are_rejected(trained, tmp_path):
         "path": str(tmp_path / "float_ids.npz"), "labels": "click", "group_by": "user_id"}))
     with pytest.raises(DataError, match="input 'user_id': expected dtype int64, got float32"):
         load_data(recipe)
+
+
+def test_embedding_dims_and_mlp_prune_with_the_self_check(trained, tmp_path):
+    recipe = load_recipe(_recipe(trained, tmp_path / "pruned", prune={"ratio": 0.3, "by": "params"}))
+    pruning = pack(recipe, bench=False).manifest["pruning"]
+    assert pruning["layers"]["user"]["after"] < 128 and pruning["layers"]["item"]["after"] < 128
+    assert pruning["layers"]["mlp.6"] == {"before": 1, "after": 1}
+    assert all(check["checked"] and check["max_relative_difference"] <= 1e-4 for check in pruning["self_check"])
+    assert pruning["quality_metric"] == "auc" and set(pruning["accuracy"]) == {"float", "pruned"}
+    assert any("mlp.6" in note and "item_bias" in note for note in pruning["notes"])
