@@ -42,9 +42,7 @@ def image_classifier(repeats: int) -> tuple[list[tuple], dict]:
         started = time.perf_counter()
         result = pack(recipe)
         wall = time.perf_counter() - started
-        settings = BenchSettings(batch_size=recipe.latency.batch_size, warmup=recipe.latency.warmup,
-                                 repeats=repeats, threads=recipe.latency.threads)
-        second = bench_bundle(result.bundle, settings)
+        second = bench_bundle(result.bundle, BenchSettings.from_latency(recipe.latency))
     manifest = result.manifest
     first = manifest["bench"]
     large = f"batch_{recipe.latency.batch_size}"

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from edgepack.bench_worker import run
-from edgepack.bundle import read_manifest, write_bundle_documents
+from edgepack.bundle import artifact_entries, read_manifest, write_bundle_documents
 from edgepack.calibration.dataset import load_sample_set
 from edgepack.config import DataSource, InputSpec
 from edgepack.errors import EdgepackError
@@ -31,6 +31,12 @@ class BenchSettings:
     warmup: int = 5
     repeats: int = 30
     threads: int = 2
+
+    @classmethod
+    def from_latency(cls, latency) -> "BenchSettings":
+        """The settings of a recipe's `latency` section."""
+        return cls(batch_size=latency.batch_size, warmup=latency.warmup, repeats=latency.repeats,
+                   threads=latency.threads)
 
 
 def _feeds(manifest: dict, data: Optional[Path]) -> tuple[dict[str, np.ndarray], str]:
@@ -55,10 +61,8 @@ def _jobs(bundle: Path, manifest: dict) -> list[tuple[str, str, dict]]:
                      {"kind": "torch", "recipe": manifest["recipe"], "base_dir": manifest["recipe_dir"]}))
     jobs.append(("float (ONNX Runtime fp32)", "baseline",
                  {"kind": "onnx", "path": str(bundle / manifest["reference"]["path"])}))
-    for name, target in manifest["targets"].items():
-        for artifact in target.get("artifacts", []):
-            jobs.append((artifact["path"], name, {"kind": "artifact", "target": name,
-                                                   "path": str(bundle / artifact["path"])}))
+    for name, artifact in artifact_entries(manifest):
+        jobs.append((artifact["path"], name, {"kind": "artifact", "target": name, "path": str(bundle / artifact["path"])}))
     return jobs
 
 
@@ -70,8 +74,7 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
     manifest = manifest if manifest is not None else read_manifest(bundle)
     arrays, data_source = _feeds(manifest, data)
     batches = {size: make_batch(arrays, size) for size in sorted({1, settings.batch_size})}
-    sizes = {artifact["path"]: artifact["size_bytes"]
-             for target in manifest["targets"].values() for artifact in target.get("artifacts", [])}
+    sizes = {artifact["path"]: artifact["size_bytes"] for _, artifact in artifact_entries(manifest)}
     sizes["float (ONNX Runtime fp32)"] = manifest["reference"]["size_bytes"]
     if "size_bytes" in manifest["source_model"]:
         sizes[EAGER] = manifest["source_model"]["size_bytes"]

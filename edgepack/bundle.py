@@ -108,9 +108,18 @@ def check_checksums(bundle: Path, manifest: dict) -> list[str]:
     return problems
 
 
+def artifact_entries(manifest: dict) -> list[tuple[str, dict]]:
+    """(target name, artifact entry) for every artifact the manifest lists."""
+    return [(name, item) for name, target in manifest["targets"].items() for item in target.get("artifacts", [])]
+
+
+def validation_notes(manifest: dict) -> list[str]:
+    """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""
+    return sorted({item["structure"].get("validation") for _, item in artifact_entries(manifest)} - {None})
+
+
 def iter_files(manifest: dict) -> Iterator[dict]:
     """Manifest entries that describe files: the reference model and every artifact."""
     yield manifest["reference"]
     yield from manifest.get("pruning", {}).get("files", [])
-    for target in manifest["targets"].values():
-        yield from target.get("artifacts", [])
+    yield from (item for _, item in artifact_entries(manifest))

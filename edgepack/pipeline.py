@@ -112,12 +112,11 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
         loaded = load_model(recipe)
     compressed = (compress(loaded.module, recipe, calibration, evaluation, progress)
                   if recipe.prune is not None or recipe.lowrank is not None else None)
-    threads = recipe.latency.threads
     with staging(recipe.output) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
         reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
         reference_path.parent.mkdir()
         with progress.step("exporting and checking the fp32 ONNX reference"):
-            export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path, threads)
+            export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path)
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(loaded, recipe, evaluation, reference_path)
         student_module, student_onnx, pruning = loaded.module, reference_path, None
@@ -137,10 +136,8 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
         if pruning is not None:
             manifest["pruning"] = pruning
         if bench:
-            manifest["bench"] = bench_bundle(stage, BenchSettings(
-                batch_size=recipe.latency.batch_size, warmup=recipe.latency.warmup,
-                repeats=recipe.latency.repeats, threads=recipe.latency.threads), manifest=manifest,
-                progress=progress)
+            manifest["bench"] = bench_bundle(stage, BenchSettings.from_latency(recipe.latency), manifest=manifest,
+                                             progress=progress)
         write_bundle_documents(stage, manifest)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
 
@@ -152,14 +149,19 @@ def prune_only(recipe, progress: Progress = SilentProgress()) -> PackResult:
     return pack(recipe.model_copy(update={"targets": []}), progress, bench=False)
 
 
-def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Path, threads: int) -> Optional[float]:
+def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Path) -> Optional[float]:
     """Write the fp32 ONNX every target starts from; for torch models check it against PyTorch."""
     if loaded.module is None:
         shutil.copyfile(loaded.onnx_path, path)
         return None
+    return _export_checked(loaded.module, recipe, evaluation, path)
+
+
+def _export_checked(module, recipe, evaluation: SampleSet, path: Path) -> float:
+    """Export `module` to fp32 ONNX and check it against PyTorch on the first evaluation batch."""
     sample = next(evaluation.batches())
-    export_float_onnx(loaded.module, recipe.inputs, {k: v[:2] for k, v in sample.items()}, path)
-    return check_against_torch(loaded.module, path, recipe.inputs, sample, threads=threads)
+    export_float_onnx(module, recipe.inputs, {k: v[:2] for k, v in sample.items()}, path)
+    return check_against_torch(module, path, recipe.inputs, sample, threads=recipe.latency.threads)
 
 
 def _float_runner(loaded: LoadedModel, recipe, reference_path: Path):
@@ -192,9 +194,7 @@ def _pruned_outputs(compressed, recipe, evaluation: SampleSet, source: dict, sta
     reload_difference = save_compressed(compressed, evaluation.arrays, recipe.input_names, program)
     if reload_difference > 1e-5:
         raise ExportError(f"the reloaded pruned model differs from the pruned model by {reload_difference:.3g}")
-    sample = next(evaluation.batches())
-    export_float_onnx(compressed.module, recipe.inputs, {k: v[:2] for k, v in sample.items()}, onnx_path)
-    check_against_torch(compressed.module, onnx_path, recipe.inputs, sample, threads=recipe.latency.threads)
+    _export_checked(compressed.module, recipe, evaluation, onnx_path)
     latency = {
         "torch_eager_fp32": {"before": source["latency"],
                              "after": measure_batches(TorchRunner(compressed.module, recipe.input_names,

@@ -71,9 +71,8 @@ def count(module: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[int, in
 
 
 def _outputs(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    with torch.no_grad():
-        result = module(*example)
-    return [t.detach().clone() for t in (result if isinstance(result, (tuple, list)) else (result,))]
+    """Copies of the outputs, safe to keep while the module is changed in place."""
+    return [t.detach().clone() for t in _outputs_raw(module, example)]
 
 
 def output_heads(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[nn.Module]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgepack import tasks
+from edgepack.bundle import validation_notes
 
 
 def _mb(size: int) -> str:
@@ -49,9 +50,7 @@ def render_markdown(manifest: dict) -> str:
                 + f"{_latency(item['latency'])} | {'pass' if item['passed'] else 'FAIL'} |")
             failures += [f"- `{name}` `{item['path']}`: {check['metric']} {check['value']:.4g} outside "
                          f"{check['bound']} {check['limit']:g}" for check in item["drift"] if not check["passed"]]
-    notes = sorted({item["structure"].get("validation") for target in manifest["targets"].values()
-                    for item in target["artifacts"]} - {None})
-    lines += [f"\nNote: {note}." for note in notes]
+    lines += [f"\nNote: {note}." for note in validation_notes(manifest)]
     if failures:
         lines += ["", "## Failures", "", *failures]
     if "bench" in manifest:

@@ -7,6 +7,7 @@ import html
 import io
 
 from edgepack import tasks
+from edgepack.bundle import artifact_entries, validation_notes
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -35,10 +36,6 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _artifacts(manifest: dict) -> list[tuple[str, dict]]:
-    return [(name, item) for name, target in manifest["targets"].items() for item in target.get("artifacts", [])]
-
-
 def _large_key(manifest: dict) -> str:
     return f"batch_{manifest['latency_settings']['batch_size']}"
 
@@ -62,7 +59,7 @@ def _plots(manifest: dict) -> list[tuple[str, str]]:
     points = [("float fp32 ONNX", manifest["reference"]["size_bytes"] / 1e6,
                source["reference_onnx_latency"][large]["median_ms"], source["metrics"][metric])]
     points += [(item["path"], item["size_bytes"] / 1e6, item["latency"][large]["median_ms"],
-                item["metrics"].get(metric, float("nan"))) for _, item in _artifacts(manifest)]
+                item["metrics"].get(metric, float("nan"))) for _, item in artifact_entries(manifest)]
     plots = []
     for axis_index, (label, caption) in enumerate(
             (("size (MB)", f"Size vs {metric}"),
@@ -95,7 +92,7 @@ def render_html(manifest: dict) -> str:
     rows = [["float", _e(source["runtime"]), f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
              *(tasks.cell(source["metrics"], key, spec) for _, key, spec in drift_columns),
              f"{source['latency']['batch_1']['median_ms']:.3f}", f"{source['latency'][large]['median_ms']:.2f}", ""]]
-    for name, item in _artifacts(manifest):
+    for name, item in artifact_entries(manifest):
         rows.append([_e(name), f"<code>{_e(item['path'])}</code> ({_e(item['precision'])})",
                      f"{item['size_bytes'] / 1e6:.3f}", f"{item['size_ratio_vs_fp32_onnx']:.2f}x",
                      *(tasks.cell(item["metrics"], key, spec) for _, key, spec in drift_columns),
@@ -112,8 +109,7 @@ def render_html(manifest: dict) -> str:
               f"({_e(manifest['latency_settings']['machine']['processor'])}, "
               f"{manifest['latency_settings']['threads']} threads). Drift: each artifact against the float model on "
               f"{manifest['evaluation']['samples']} held-out samples.</p>"]
-    notes = sorted({item["structure"].get("validation") for _, item in _artifacts(manifest)} - {None})
-    parts += [f"<p class='note'>{_e(note)}</p>" for note in notes]
+    parts += [f"<p class='note'>{_e(note)}</p>" for note in validation_notes(manifest)]
     parts.append(f"<h2>Size, {_e(tasks.headline(manifest['task']))} and latency</h2>")
     parts += [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
               "</figcaption></figure>" for caption, data in _plots(manifest)]
@@ -129,7 +125,7 @@ def render_html(manifest: dict) -> str:
 
 def _drift_table(manifest: dict) -> str:
     rows = []
-    for name, item in _artifacts(manifest):
+    for name, item in artifact_entries(manifest):
         metrics = item["metrics"]
         for check in item["drift"]:
             rows.append([_e(name), f"<code>{_e(item['path'])}</code>", _e(check["metric"]), f"{check['value']:.4g}",
@@ -154,7 +150,7 @@ def _compression(manifest: dict) -> str:
     lines.append(f"<p>Calibration: {method}; {calibration['samples_used']} samples "
                  f"(batch {calibration['batch_size']}, seed {calibration['seed']}).</p>")
     rows = []
-    for name, item in _artifacts(manifest):
+    for name, item in artifact_entries(manifest):
         structure = item["structure"]
         ops = structure.get("op_counts", {})
         by_dtype = ", ".join(f"{k} {v / 1e3:.1f} kB" for k, v in structure.get("initializer_bytes_by_dtype", {}).items())

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgepack import tasks
+from edgepack.bundle import artifact_entries, validation_notes
 
 IN_PROCESS = "measured in the pack process"
 console = Console(stderr=True)
@@ -44,7 +45,7 @@ def _in_process_figures(manifest: dict) -> dict:
     if source["runtime"] == "torch eager fp32":
         rows.insert(0, {"name": EAGER, "size_bytes": source.get("size_bytes"), "latency": source["latency"]})
     rows += [{"name": item["path"], "size_bytes": item["size_bytes"], "latency": item["latency"]}
-             for target in manifest["targets"].values() for item in target["artifacts"]]
+             for _, item in artifact_entries(manifest)]
     for row in rows:
         row["device"] = row["latency"]["batch_1"].get("device", "")
     add_ratios(rows, eager=rows[0] if rows[0]["name"] == EAGER else None)
@@ -75,12 +76,10 @@ def render_pack(result) -> None:
     out.print(table)
     out.print(f"drift: against the float model on {manifest['evaluation']['samples']} held-out samples"
               + ("; drop in percentage points." if manifest["task"] == "classification" else "."))
-    notes = {item["structure"].get("validation") for target in manifest["targets"].values()
-             for item in target["artifacts"]} - {None}
-    for note in sorted(notes):
+    for note in validation_notes(manifest):
         out.print(f"note: {note}")
     if "pruning" in manifest:
-        render_pruning(manifest["pruning"], large=f"batch_{manifest['latency_settings']['batch_size']}")
+        render_pruning(manifest["pruning"], large=large)
     if manifest["targets"]:
         render_bench(manifest["bench"] if "bench" in manifest else _in_process_figures(manifest))
     for name, target in manifest["targets"].items():

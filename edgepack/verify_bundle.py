@@ -9,7 +9,7 @@ from typing import Optional
 from edgepack.bundle import check_checksums, read_manifest
 from edgepack.calibration.dataset import load_sample_set
 from edgepack import tasks
-from edgepack.config import DataSource, EvaluationConfig, InputSpec
+from edgepack.config import EvaluationConfig, InputSpec
 from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
 from edgepack.registry import get_target
 from edgepack.runners import OrtRunner

@@ -122,9 +122,9 @@ def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quan
 
 def example_batch(calibration, names: list[str], size: int) -> tuple:
     """The first `size` calibration samples as torch tensors, in input order."""
-    import torch
+    from edgepack.prune import as_tensors
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(calibration.arrays[name][:size])) for name in names)
+    return as_tensors({name: calibration.arrays[name][:size] for name in names}, names)
 
 
 # ---------------------------------------------------------------- the target
