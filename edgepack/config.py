@@ -132,6 +132,9 @@ class QuantizationConfig(_Section):
     embedding_bits: Literal[8, 4] = Field(8, description="x86: embedding tables per-row INT8, or 4-bit blocks")
     keep_input_convs_float: bool = Field(
         True, description="keep fp32 a Conv that reads the model input with a tiny reduction (e.g. 1-channel 3x3)")
+    compact_names: bool = Field(
+        True, description="ONNX artifacts: rename intermediate tensors t0, t1, ... (2% of a small INT8 file); "
+                          "false keeps the quantizer's descriptive names for debugging")
 
 
 class Budget(_Section):

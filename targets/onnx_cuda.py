@@ -51,7 +51,8 @@ class CudaTarget(Target):
         fp16_path = context.out_dir / "model.fp16.onnx"
         fp16 = convert_float_to_float16(onnx.load(str(context.float_onnx)), keep_io_types=options.keep_io_types)
         onnx.save(fp16, str(fp16_path))
-        artifacts = [self._artifact(fp16_path, "fp16", onnxruntime.__version__, validation,
+        compact = context.quantization.compact_names
+        artifacts = [self._artifact(fp16_path, "fp16", onnxruntime.__version__, validation, compact,
                                     {"keep_io_types": options.keep_io_types})]
         if options.int8:
             int8_path = context.out_dir / "model.int8.qdq.onnx"
@@ -62,11 +63,12 @@ class CudaTarget(Target):
                          input_names=[spec.name for spec in context.inputs], method=context.method,
                          settings=settings, scratch=context.scratch_dir)
             artifacts.append(self._artifact(int8_path, "int8-qdq-symmetric", onnxruntime.__version__, validation,
-                                            {"calibration_method": context.method.model_dump()}))
+                                            compact, {"calibration_method": context.method.model_dump()}))
         return artifacts
 
-    def _artifact(self, path: Path, precision: str, version: str, validation: str, extra: dict) -> Artifact:
-        strip_debug_info(path)
+    def _artifact(self, path: Path, precision: str, version: str, validation: str, compact_names: bool,
+                  extra: dict) -> Artifact:
+        strip_debug_info(path, compact_names=compact_names)
         details = describe_onnx(path) | extra
         details.update(layout="as exported (NCHW for images)", validation=validation,
                        intended_providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])

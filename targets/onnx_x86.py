@@ -34,7 +34,7 @@ class X86Target(Target):
         outcome = quantize_qdq(context.float_onnx, path, calibration=context.calibration,
                      input_names=[spec.name for spec in context.inputs], method=context.method,
                      settings=settings, scratch=context.scratch_dir)
-        strip_debug_info(path)
+        strip_debug_info(path, compact_names=context.quantization.compact_names)
         details = describe_onnx(path)
         details["layout"] = "as exported (NCHW for images)"
         details["float_nodes"] = list(outcome.float_nodes)

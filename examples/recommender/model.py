@@ -2,8 +2,8 @@
 
 Seven fields (user, item, occupation, gender, age bucket, genre bag, dense features) each give a
 16-d vector for a factorization machine (second-order interactions) and, concatenated with the
-full 32-d user and item embeddings, feed an MLP. The logit is MLP + FM + user / item biases.
-115,492 parameters, 73% of them in the user and item tables.
+full 128-d user and item embeddings, feed an MLP. The logit is MLP + FM + user / item biases.
+367,556 parameters, 91% of them in the user and item tables.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class DeepFM(nn.Module):
         # same function as EmbeddingBag(mode="mean", padding_idx=0) and exports to Gather/ReduceSum.
         self.genres = nn.Embedding(vocab["genres"], field_dim, padding_idx=0)
         self.dense = nn.Linear(num_dense, field_dim)
-        # The FM needs one width for every field: the 32-d id embeddings are projected to 16.
+        # The FM needs one width for every field: the 128-d id embeddings are projected to 16.
         self.user_fm = nn.Linear(id_dim, field_dim, bias=False)
         self.item_fm = nn.Linear(id_dim, field_dim, bias=False)
         # First-order terms for the two ids (per-user leniency, per-item popularity).

@@ -69,7 +69,7 @@ def test_tables_are_per_row_int8_in_the_x86_artifact(packed):
         assert table["bits"] == 8 and table["scales"] == "per row"
         assert table["bytes_after"] < table["bytes_before"] * 0.27
         assert table["max_abs_error"] <= table["error_bound"] + 1e-7
-    assert artifact["size_ratio_vs_fp32_onnx"] < 0.35
+    assert artifact["size_ratio_vs_fp32_onnx"] <= 0.27  # the target, tables included
 
 
 def test_four_bit_tables_are_smaller_still(trained, tmp_path):

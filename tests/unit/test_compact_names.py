@@ -1,0 +1,41 @@
+"""Deployment ONNX files with intermediate tensors renamed t0, t1, ...: same outputs, smaller file."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from edgepack.config import InputSpec
+from edgepack.onnx_export import export_float_onnx, strip_debug_info
+from edgepack.runners import OrtRunner
+from tests.unit import prune_models
+
+
+def test_intermediate_names_shrink_and_interface_stays(tmp_path):
+    torch.manual_seed(0)
+    model = prune_models.EmbeddingModel("cat").eval()
+    gen = torch.Generator().manual_seed(1)
+    feeds = {"in0": torch.randint(0, 50, (8,), generator=gen).numpy(),
+             "in1": torch.randint(0, 40, (8,), generator=gen).numpy(), "in2": torch.randn(8, 4, generator=gen).numpy()}
+    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]), InputSpec(name="in1", dtype="int64", shape=["batch"]),
+              InputSpec(name="in2", dtype="float32", shape=["batch", 4])]
+    path = export_float_onnx(model, inputs, feeds, tmp_path / "float.onnx")
+    before = onnx.load(str(path))
+    expected = OrtRunner(path, threads=1)(feeds)[0]
+    size = path.stat().st_size
+
+    strip_debug_info(path, compact_names=True)
+
+    after = onnx.load(str(path))
+    onnx.checker.check_model(after)
+    assert path.stat().st_size < size
+    assert [v.name for v in after.graph.input] == [v.name for v in before.graph.input]
+    assert [v.name for v in after.graph.output] == [v.name for v in before.graph.output]
+    assert sorted(i.name for i in after.graph.initializer) == sorted(i.name for i in before.graph.initializer)
+    assert [n.name for n in after.graph.node] == [n.name for n in before.graph.node]
+    interface = {v.name for v in after.graph.input} | {v.name for v in after.graph.output}
+    interface |= {i.name for i in after.graph.initializer}
+    inner = [name for node in after.graph.node for name in node.output if name not in interface]
+    assert inner and all(name[0] == "t" and name[1:].isdigit() for name in inner)
+    assert np.array_equal(OrtRunner(path, threads=1)(feeds)[0], expected)
