@@ -166,16 +166,22 @@ def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]
         keep_float += kept
         if users.get(table.name, 0) <= 1:
             model.graph.initializer.remove(table)
-        peaks = np.abs(table_array).max(axis=1)
-        if not use_int4 and dim < MIN_PER_ROW_DIM:
-            peaks = np.full_like(peaks, peaks.max())
-        steps = _half_up(np.where(peaks > 0, peaks, _typical(peaks)) / (7.0 if use_int4 else 127.0))
-        steps = steps.astype(np.float32)
-        reports.append({"table": table.name, "rows": int(table_array.shape[0]), "dim": int(dim),
-                        "bits": 4 if use_int4 else 8, "bytes_before": int(table_array.nbytes),
-                        "scales": "per row" if use_int4 or dim >= MIN_PER_ROW_DIM else "one per table",
-                        "bytes_after": int(stored_bytes),
-                        "max_abs_error": float(np.abs(restored - table_array).max()),
-                        "error_bound": float(steps.max() / 2)})
+        reports.append(table_report(table.name, table_array, restored, bits=4 if use_int4 else 8,
+                                    stored_bytes=stored_bytes))
     onnx.save(model, str(path))
     return reports, keep_float
+
+
+def table_report(name: str, table: np.ndarray, restored: np.ndarray, *, bits: int, stored_bytes: int) -> dict:
+    """What the manifest says of one quantized table: shape, bits, scale layout, bytes before and
+    after, and the measured max reconstruction error next to its bound (half the largest step).
+    INT8 tables narrower than MIN_PER_ROW_DIM share one scale; the others have one per row."""
+    per_row = bits == 4 or table.shape[1] >= MIN_PER_ROW_DIM
+    peaks = np.abs(table).max(axis=1)
+    if not per_row:
+        peaks = np.full_like(peaks, peaks.max())
+    steps = _half_up(np.where(peaks > 0, peaks, _typical(peaks)) / (7.0 if bits == 4 else 127.0)).astype(np.float32)
+    return {"table": name, "rows": int(table.shape[0]), "dim": int(table.shape[1]), "bits": bits,
+            "bytes_before": int(table.nbytes), "scales": "per row" if per_row else "one per table",
+            "bytes_after": int(stored_bytes), "max_abs_error": float(np.abs(restored - table).max()),
+            "error_bound": float(steps.max() / 2)}

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgepack.errors import EdgepackError, ExportError, MissingDependencyError
 from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.tflite_tables import quantize_tflite_tables
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
@@ -248,6 +249,9 @@ class TfliteArmTarget(Target):
         except Exception as exc:  # the converter raises jax/MLIR errors of many types
             raise ExportError(f"litert-torch could not convert the quantized model: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        parameters = {name: value.detach().cpu().numpy() for name, value in context.module.state_dict().items()
+                      if value.ndim == 2}
+        tables = quantize_tflite_tables(path, bits=context.quantization.embedding_bits, parameters=parameters)
         if options.float_io:
             add_float_io(path)
         seconds = time.perf_counter() - started
@@ -258,7 +262,11 @@ class TfliteArmTarget(Target):
         details.update(layout="NHWC image I/O" if any(nhwc_inputs) else "as exported (NCHW for images)",
                        float_io=options.float_io, batch="fixed batch 1 (runner loops over samples)",
                        calibration_method=context.method.model_dump(), conversion_seconds=round(seconds, 1),
-                       quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights")
+                       quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights",
+                       embedding_tables=tables)
+        if tables:
+            details["embedding_lookup"] = ("hybrid EMBEDDING_LOOKUP (int8/int4 table, float rows out); per-row "
+                                           "scales make it op version 4, which the phone's LiteRT must register")
         return [Artifact(target=self.name, path=path, format="tflite",
                          precision="int8-float-io" if options.float_io else "int8-full-integer",
                          runtime=runtime_name, runtime_version=version, details=details)]

@@ -111,3 +111,34 @@ def test_embedding_dims_and_mlp_prune_with_the_self_check(trained, tmp_path):
     assert all(check["checked"] and check["max_relative_difference"] <= 1e-4 for check in pruning["self_check"])
     assert pruning["quality_metric"] == "auc" and set(pruning["accuracy"]) == {"float", "pruned"}
     assert any("mlp.6" in note and "item_bias" in note for note in pruning["notes"])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tflite_tables_are_quantized_per_row_and_read_by_the_hybrid_lookup(trained, tmp_path, bits):
+    pytest.importorskip("litert_torch")
+    from ai_edge_litert import schema_py_generated as fb
+
+    recipe = load_recipe(_recipe(trained, tmp_path / f"tflite{bits}", targets=["arm-tflite"],
+                                 quantization={"embedding_bits": bits}))
+    result = pack(recipe, bench=False)
+    assert result.exit_code == EXIT_OK  # AUC and NDCG drift within the recipe's budget, every segment
+    artifact = result.manifest["targets"]["arm-tflite"]["artifacts"][0]
+    tables = {table["table"]: table for table in artifact["structure"]["embedding_tables"]}
+    assert {"user.weight", "item.weight", "user_bias.weight", "item_bias.weight"} <= set(tables)
+    for name in ("user.weight", "item.weight"):
+        assert tables[name]["bits"] == bits and tables[name]["scales"] == "per row"
+        assert tables[name]["bytes_after"] < tables[name]["bytes_before"] * (0.27 if bits == 8 else 0.16)
+        assert tables[name]["max_abs_error"] <= tables[name]["error_bound"] + 1e-7
+    assert tables["user_bias.weight"]["scales"] == "one per table"
+    assert artifact["structure"]["float_tensor_bytes_excluding_io"] < 20_000  # no float table left
+    model = fb.ModelT.InitFromPackedBuf((tmp_path / f"tflite{bits}" / artifact["path"]).read_bytes(), 0)
+    graph = model.subgraphs[0]
+    lookups = [op for op in graph.operators
+               if model.operatorCodes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.EMBEDDING_LOOKUP]
+    types = {graph.tensors[op.inputs[1]].type for op in lookups if graph.tensors[op.inputs[1]].shape[0] >= 16}
+    assert types == ({fb.TensorType.INT4, fb.TensorType.INT8} if bits == 4 else {fb.TensorType.INT8})
+    # only the gender (3 rows) and age (8 rows) tables stay float: below 16 rows a table is not worth it
+    assert sorted(graph.tensors[op.inputs[1]].shape[0] for op in lookups
+                  if graph.tensors[op.inputs[1]].type == fb.TensorType.FLOAT32) == [3, 8]
+    assert all(model.operatorCodes[op.opcodeIndex].version == 4 for op in lookups)
+    assert artifact["size_ratio_vs_fp32_onnx"] < (0.30 if bits == 8 else 0.20)
