@@ -4,10 +4,11 @@ No TensorFlow is involved: the float torch module is exported, annotated by lite
 `PT2EQuantizer` (symmetric int8, per-channel weights), calibrated on the recipe's calibration set,
 converted by torchao's `convert_pt2e` and lowered to a .tflite flatbuffer by `litert_torch.convert`.
 
-The converted graph has a fixed batch of 1: litert-torch could not lower `flatten` with a dynamic
-batch dimension (jax bridge: "Shapes must be 1D sequences of concrete values"), and resizing the
-input of the fixed-shape model fails inside the XNNPACK delegate. That is also the usual shape of a
-phone model, so the runner loops over the samples of a batch.
+The converted graph has a fixed batch (`batch`, 1 by default): litert-torch could not lower `flatten`
+with a dynamic batch dimension (jax bridge: "Shapes must be 1D sequences of concrete values"), and
+resizing the input of the fixed-shape model fails inside the XNNPACK delegate. Batch 1 is the usual
+shape of a phone image model; a recommender scoring candidates wants a larger fixed batch. The
+runner feeds chunks of the artifact's batch, padding the last one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.errors import EdgepackError, ExportError, MissingDependencyError
 from edgepack.targets.base import Artifact, ExportContext, Target
@@ -36,6 +37,7 @@ class TfliteOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     float_io: bool = False  # float32 inputs/outputs, with QUANTIZE/DEQUANTIZE ops added at the boundary
     nhwc: bool = False  # channel-last I/O for 4-D (image) inputs, as Android camera pipelines deliver
+    batch: int = Field(1, ge=1, le=4096)  # the artifact's fixed batch; a recommender scoring candidates wants > 1
 
 
 # ---------------------------------------------------------------- PT2E helpers (shared with arm-xnnpack)
@@ -122,10 +124,11 @@ def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quan
 
 
 def example_batch(calibration, names: list[str], size: int) -> tuple:
-    """The first `size` calibration samples as torch tensors, in input order."""
+    """The first `size` calibration samples as torch tensors, in input order (repeated if the set is smaller)."""
     from edgepack.prune import as_tensors
 
-    return as_tensors({name: calibration.arrays[name][:size] for name in names}, names)
+    rows = np.resize(np.arange(calibration.num_samples), size)
+    return as_tensors({name: calibration.arrays[name][rows] for name in names}, names)
 
 
 # ---------------------------------------------------------------- the target
@@ -239,7 +242,7 @@ class TfliteArmTarget(Target):
         nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
         wrapped = named_io_module(quantized, names, nhwc_inputs)
         sample = {name: tensor.permute(0, 2, 3, 1).contiguous() if channel_last else tensor
-                  for name, tensor, channel_last in zip(names, example_batch(context.calibration, names, 1),
+                  for name, tensor, channel_last in zip(names, example_batch(context.calibration, names, options.batch),
                                                         nhwc_inputs)}
         path = context.out_dir / "model.int8.tflite"
         try:
@@ -260,7 +263,8 @@ class TfliteArmTarget(Target):
         for entry, channel_last in zip(details["inputs"], nhwc_inputs):
             entry["layout"] = "NHWC" if channel_last else "as exported (NCHW for images)"
         details.update(layout="NHWC image I/O" if any(nhwc_inputs) else "as exported (NCHW for images)",
-                       float_io=options.float_io, batch="fixed batch 1 (runner loops over samples)",
+                       float_io=options.float_io,
+                       batch=f"fixed batch {options.batch} (the runner feeds chunks of {options.batch}, padding the last)",
                        calibration_method=context.method.model_dump(), conversion_seconds=round(seconds, 1),
                        quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights",
                        embedding_tables=tables)
@@ -315,7 +319,7 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 class TfliteRunner:
-    """Runs a .tflite through the signature's named tensors, one sample at a time (fixed batch 1).
+    """Runs a .tflite through the signature's named tensors in chunks of the artifact's fixed batch.
 
     Feeds come in the recipe's layout (NCHW for images); an NHWC artifact gets them transposed.
     Feeds already in the artifact's own layout are passed as they are.
@@ -331,6 +335,7 @@ class TfliteRunner:
         self._outputs = runner.get_output_details()
         self._runner = runner
         self.input_names = list(signature[key]["inputs"])
+        self.batch = int(next(iter(self._inputs.values()))["shape"][0])
         self.output_names = list(signature[key]["outputs"])
         self.device = "LiteRT interpreter, XNNPACK CPU kernels (x86 emulation of ARM kernels)"
 
@@ -348,11 +353,13 @@ class TfliteRunner:
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         count = len(next(iter(feeds.values())))
         results: list[list[np.ndarray]] = [[] for _ in self.output_names]
-        for index in range(count):
-            sample = {name: self._prepare(name, feeds[name][index:index + 1]) for name in self.input_names}
+        for start in range(0, count, self.batch):
+            rows = np.arange(start, min(start + self.batch, count))
+            padded = np.resize(rows, self.batch)  # the last chunk repeats its rows up to the fixed batch
+            sample = {name: self._prepare(name, feeds[name][padded]) for name in self.input_names}
             out = self._runner(**sample)
             for position, name in enumerate(self.output_names):
-                results[position].append(out[name])
+                results[position].append(out[name][:len(rows)])
         outputs = []
         for name, parts in zip(self.output_names, results):
             value = np.concatenate(parts)
