@@ -1,7 +1,9 @@
-"""Recommender benchmark: the MovieLens example's x86 artifact with INT8 and with 4-bit tables."""
+"""Recommender benchmark: the MovieLens example's x86 (and, if installed, arm-tflite) artifacts with
+INT8 and with 4-bit tables."""
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -13,11 +15,12 @@ RECIPE = ROOT / "examples" / "recommender" / "recipe.yaml"
 
 
 def recommender(repeats: int) -> list[tuple]:
-    """Pack the example for x86 twice (INT8 tables, 4-bit tables) and compare with the issue's targets."""
+    """Pack the example twice (INT8, 4-bit tables) for x86 and arm-tflite; compare with the issue's targets."""
     rows = []
+    targets = ("x86", "arm-tflite") if importlib.util.find_spec("litert_torch") else ("x86",)
     for bits, size_target, auc_target in ((8, 0.27, 0.003), (4, 0.16, 0.005)):
         with tempfile.TemporaryDirectory() as scratch:
-            recipe = load_recipe(RECIPE, output=Path(scratch) / "bundle", targets=("x86",))
+            recipe = load_recipe(RECIPE, output=Path(scratch) / "bundle", targets=targets)
             recipe = recipe.model_copy(update={
                 "latency": recipe.latency.model_copy(update={"repeats": repeats}),
                 "quantization": recipe.quantization.model_copy(update={"embedding_bits": bits})})
@@ -38,5 +41,10 @@ def recommender(repeats: int) -> list[tuple]:
              max(v for k, v in metrics.items() if k.endswith("/auc_drop")), "(info)", True),
             (f"{bits}-bit tables: top-10 overlap with float", metrics["topk_overlap"], "(info)", True),
         ]
+        if "arm-tflite" in manifest["targets"]:
+            tflite = manifest["targets"]["arm-tflite"]["artifacts"][0]
+            rows += [(f"{bits}-bit tables: arm-tflite size / fp32 ONNX", tflite["size_ratio_vs_fp32_onnx"], "(info)", True),
+                     (f"{bits}-bit tables: arm-tflite AUC drop", tflite["metrics"]["auc_drop"], f"<= {auc_target}",
+                      tflite["metrics"]["auc_drop"] <= auc_target)]
     rows.append(("float AUC / NDCG@10", manifest["source_model"]["metrics"]["auc"], "(info)", True))
     return rows

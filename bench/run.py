@@ -89,7 +89,7 @@ def main() -> None:
     if "recovery" in parts:
         sections["recovery after pruning, same epochs"] = recovery_comparison()
     if "recommender" in parts:
-        sections["recommender (DeepFM, MovieLens-100K, x86)"] = recommender(args.repeats)
+        sections["recommender (DeepFM, MovieLens-100K, x86 and arm-tflite)"] = recommender(args.repeats)
     rows = [row for section in sections.values() for row in section]
     for title, section in sections.items():
         print(f"\n{title:64} {'value':>9}  {'target':>8}  ok")
