@@ -172,15 +172,19 @@ def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]
     return reports, keep_float
 
 
-def table_report(name: str, table: np.ndarray, restored: np.ndarray, *, bits: int, stored_bytes: int) -> dict:
+def table_report(name: str, table: np.ndarray, restored: np.ndarray, *, bits: int, stored_bytes: int,
+                 steps: np.ndarray | None = None) -> dict:
     """What the manifest says of one quantized table: shape, bits, scale layout, bytes before and
     after, and the measured max reconstruction error next to its bound (half the largest step).
-    INT8 tables narrower than MIN_PER_ROW_DIM share one scale; the others have one per row."""
+    INT8 tables narrower than MIN_PER_ROW_DIM share one scale; the others have one per row.
+    `steps` are the scales actually used when another library chose them (else ours are recomputed)."""
     per_row = bits == 4 or table.shape[1] >= MIN_PER_ROW_DIM
-    peaks = np.abs(table).max(axis=1)
-    if not per_row:
-        peaks = np.full_like(peaks, peaks.max())
-    steps = _half_up(np.where(peaks > 0, peaks, _typical(peaks)) / (7.0 if bits == 4 else 127.0)).astype(np.float32)
+    if steps is None:
+        peaks = np.abs(table).max(axis=1)
+        if not per_row:
+            peaks = np.full_like(peaks, peaks.max())
+        steps = _half_up(np.where(peaks > 0, peaks, _typical(peaks)) / (7.0 if bits == 4 else 127.0))
+    steps = np.asarray(steps, dtype=np.float32)
     return {"table": name, "rows": int(table.shape[0]), "dim": int(table.shape[1]), "bits": bits,
             "bytes_before": int(table.nbytes), "scales": "per row" if per_row else "one per table",
             "bytes_after": int(stored_bytes), "max_abs_error": float(np.abs(restored - table).max()),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ExportError, MissingDependencyError
+from edgepack.pte_tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Target
 
 IO_METHOD = "edgepack_io"
@@ -45,7 +46,7 @@ class XnnpackArmTarget(Target):
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                             get_symmetric_quantization_config)
-        from executorch.exir import to_edge_transform_and_lower
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
         # Shared PT2E helpers: same observers for the recipe's method, same calibration loop.
         from edgepack.targets.tflite_arm import calibrated_pt2e, example_batch, with_activation_observer
@@ -56,7 +57,9 @@ class XnnpackArmTarget(Target):
         quantizer = XNNPACKQuantizer().set_global(config)
         size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
         example = example_batch(context.calibration, names, size)
-        quantized = calibrated_pt2e(context.module, example, context.calibration, quantizer, fold_quantize=True)
+        # Tables first, on the eager module (see edgepack.pte_tables); the static quantizer leaves them alone.
+        module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
+        quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True)
         # A batch of 1 in the example would specialise the batch dimension; size >= 2 keeps it symbolic.
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         path = context.out_dir / "model.int8.pte"
@@ -66,7 +69,9 @@ class XnnpackArmTarget(Target):
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                                constant_methods={IO_METHOD: names_blob})
             delegation = describe_delegation(edge.exported_program().graph_module)
-            path.write_bytes(edge.to_executorch().buffer)
+            # The fusion pass turns dequantize_affine -> embedding into embedding_byte / embedding_4bit.
+            program_out = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=bool(tables)))
+            path.write_bytes(program_out.buffer)
         except Exception as exc:  # export and lowering raise many exception types
             raise ExportError(f"ExecuTorch could not lower the quantized model: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -75,7 +80,12 @@ class XnnpackArmTarget(Target):
         details.update(layout="as exported (NCHW for images)", batch=f"dynamic, 1..{MAX_BATCH} per call "
                        "(the runner splits larger batches)", conversion_seconds=round(seconds, 1),
                        calibration_method=context.method.model_dump(),
-                       quantizer="executorch XNNPACKQuantizer, symmetric int8, per-channel weights")
+                       quantizer="executorch XNNPACKQuantizer, symmetric int8, per-channel weights",
+                       embedding_tables=tables)
+        if tables:
+            details["embedding_kernels"] = fused_table_ops(program_out)
+            details["embedding_lookup"] = ("quantized_decomposed embedding kernels outside the delegate: the "
+                                           "runtime must link ExecuTorch's quantized kernels library")
         return [Artifact(target=self.name, path=path, format="pte", precision="int8-xnnpack",
                          runtime="executorch", runtime_version=importlib.metadata.version("executorch"),
                          details=details)]
@@ -87,6 +97,8 @@ class XnnpackArmTarget(Target):
 
 def _load_program(path: Path):
     try:
+        # Registers the quantized kernels (embedding_byte for per-row tables) in the runtime.
+        import executorch.kernels.quantized  # noqa: F401
         from executorch.runtime import Runtime
     except ImportError as exc:
         raise MissingDependencyError("running ExecuTorch programs", "executorch", "arm") from exc

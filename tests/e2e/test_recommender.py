@@ -147,3 +147,24 @@ def test_tflite_tables_are_quantized_per_row_and_read_by_the_hybrid_lookup(train
     assert artifact["size_ratio_vs_fp32_onnx"] < (0.30 if bits == 8 else 0.20)
     assert {tuple(entry["shape"][:1]) for entry in artifact["io"]["inputs"]} == {(96,) if bits == 4 else (1,)}
     assert artifact["metrics"]["samples"] == 20_000
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_pte_tables_are_quantized_per_row_and_fused_into_embedding_kernels(trained, tmp_path, bits):
+    pytest.importorskip("executorch")
+    recipe = load_recipe(_recipe(trained, tmp_path / f"pte{bits}", targets=["arm-xnnpack"],
+                                 quantization={"embedding_bits": bits}))
+    result = pack(recipe, bench=False)
+    assert result.exit_code == EXIT_OK  # AUC and NDCG drift within the recipe's budget, every segment
+    artifact = result.manifest["targets"]["arm-xnnpack"]["artifacts"][0]
+    structure = artifact["structure"]
+    tables = {table["table"]: table for table in structure["embedding_tables"]}
+    assert set(tables) == {"user.weight", "item.weight", "occupation.weight", "genres.weight"}
+    for table in tables.values():
+        assert table["bits"] == bits and table["scales"] == "per row"
+        assert table["max_abs_error"] <= table["error_bound"] * 1.001  # float32 rounding of x / scale
+    assert tables["item.weight"]["bytes_after"] < tables["item.weight"]["bytes_before"] * (0.27 if bits == 8 else 0.14)
+    kernel = "embedding_byte" if bits == 8 else "embedding_4bit"
+    assert structure["embedding_kernels"] == {f"quantized_decomposed.{kernel}.out": 4}
+    assert structure["delegated_subgraphs"] >= 1
+    assert artifact["size_ratio_vs_fp32_onnx"] < (0.30 if bits == 8 else 0.18)

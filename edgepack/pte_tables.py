@@ -1,0 +1,73 @@
+"""Embedding tables of an ExecuTorch program stored per-row INT8 (or 4-bit), read by `embedding_byte`.
+
+ExecuTorch's XNNPACK quantizer does not annotate embeddings and XNNPACK has no gather, so the
+tables would stay float32 outside the delegate. torchao's weight-only quantization of the eager
+`nn.Embedding` modules (a symmetric scale per row) exports as `dequantize_affine -> embedding`;
+`to_executorch` with `do_quant_fusion_and_const_prop` fuses that into
+`quantized_decomposed::embedding_byte` (`embedding_4bit`), a kernel of ExecuTorch's quantized
+library that dequantizes only the rows it gathers. The program then needs that library at run
+time (`import executorch.kernels.quantized` in Python; libquantized_kernels in a C++ runtime).
+
+Tables must be quantized on the eager module, before export: afterwards there is no nn.Embedding
+left to match. Found by trying (executorch 1.5.1, torchao 0.18):
+- `padding_idx` must be cleared (it becomes a third `aten.embedding` argument the fusion pattern
+  does not match, and `to_executorch` fails with "Missing out variants"); the forward output is
+  the same, since padding_idx only changes the gradient.
+- Scales stay float32: float16 scales make `embedding_byte` return float16 into a delegate that
+  expects float32 (max error 15 instead of 0.01, silently).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from edgepack.embedding_quant import MIN_PER_ROW_DIM, MIN_ROWS, table_report
+
+
+def _is_table(module, _name: str = "") -> bool:
+    import torch
+
+    return (isinstance(module, torch.nn.Embedding) and module.weight.shape[0] >= MIN_ROWS
+            and module.weight.shape[1] >= MIN_PER_ROW_DIM)
+
+
+def quantize_embeddings(module, *, bits: int = 8):
+    """A copy of `module` whose embedding tables (>= MIN_ROWS rows, >= MIN_PER_ROW_DIM wide) are
+    per-row symmetric INT8 (or INT4 with `bits` 4), with a report per table; (module, []) if none."""
+    import torch
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    if not any(_is_table(child) for child in module.modules()):
+        return module, []
+    copied = copy.deepcopy(module).eval()
+    originals = {}
+    for name, child in copied.named_modules():
+        if _is_table(child):
+            child.padding_idx = None
+            originals[name] = child.weight.detach().cpu().numpy().copy()
+    dtype = torch.int4 if bits == 4 else torch.int8
+    quantize_(copied, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), _is_table)
+    reports = []
+    for name, child in copied.named_modules():
+        if name not in originals:
+            continue
+        weight = child.weight
+        table = originals[name]
+        scales = weight.scale.detach().float().cpu().numpy().reshape(-1)
+        packed_bytes = table.size // 2 if bits == 4 else table.size  # the .pte stores 4-bit values two a byte
+        reports.append(table_report(f"{name}.weight", table, weight.dequantize().detach().cpu().numpy(),
+                                    bits=bits, stored_bytes=packed_bytes + scales.nbytes, steps=scales))
+    return copied, reports
+
+
+def fused_table_ops(program) -> dict[str, int]:
+    """Counts of the quantized embedding kernels in the final ExecuTorch program."""
+    counts: dict[str, int] = {}
+    for node in program.exported_program().graph.nodes:
+        target = str(node.target)
+        if node.op == "call_function" and "quantized_decomposed" in target and "embedding" in target:
+            key = target.split("::")[-1] if "::" in target else target
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
