@@ -11,6 +11,7 @@ JSON bytes, because ExecuTorch's method metadata carries shapes and dtypes but n
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
 import time
@@ -98,7 +99,7 @@ class XnnpackArmTarget(Target):
 def _load_program(path: Path):
     try:
         # Registers the quantized kernels (embedding_byte for per-row tables) in the runtime.
-        import executorch.kernels.quantized  # noqa: F401
+        importlib.import_module("executorch.kernels.quantized")
         from executorch.runtime import Runtime
     except ImportError as exc:
         raise MissingDependencyError("running ExecuTorch programs", "executorch", "arm") from exc
