@@ -11,7 +11,7 @@ import torch
 
 from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
-from edgepack.distill import DistillReport, distill, distillation_loss
+from edgepack.distill import SELECTION, DistillReport, distill, label_loss, top1
 from edgepack.progress import Progress
 from edgepack.lowrank import factorize
 from edgepack.prune import (PruneResult, as_tensors, count, output_heads, prune_model, reload_and_check, save_pruned,
@@ -56,7 +56,10 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
         inputs = as_tensors(calibration.arrays, names)
         with torch.no_grad():
             teacher_logits = teacher(*inputs)
-        return distillation_loss(model(*inputs), teacher_logits, 1.0)
+        # Not the distillation loss: before the first step the model IS the teacher, so that loss is at
+        # its minimum with exactly zero gradient and every Taylor score would be 0. Use the teacher's
+        # hard predictions as labels: a non-zero gradient that still needs no labelled data.
+        return label_loss(model(*inputs), top1(teacher_logits))
 
     def recover(model, step):
         with progress.step(f"distilling after pruning step {step}"):
@@ -122,6 +125,7 @@ def compression_manifest(result: CompressionResult, *, latency: dict, reload_dif
         report = result.distillation
         section["distillation"] = {"epochs_run": report.epochs_run, "best_epoch": report.best_epoch,
                                    "best_validation": report.best_validation,
-                                   "validation_metric": report.validation_metric, "stopped": report.stopped,
+                                   "validation_metric": report.validation_metric, "selected_by": SELECTION,
+                                   "stopped": report.stopped,
                                    "seconds": report.seconds, "history": list(report.history)}
     return section

@@ -96,21 +96,39 @@ def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def _top1(logits: torch.Tensor) -> torch.Tensor:
+def top1(logits: torch.Tensor) -> torch.Tensor:
     return (logits > 0).long() if logits.dim() == 1 else logits.argmax(1)
 
 
+def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """KL(teacher || student) at T=1 per sample: 0 when the student reproduces the teacher (no entropy floor)."""
+    if student_logits.dim() == 1:
+        p, log_q1, log_q0 = torch.sigmoid(teacher_logits), F.logsigmoid(student_logits), F.logsigmoid(-student_logits)
+        log_p1, log_p0 = F.logsigmoid(teacher_logits), F.logsigmoid(-teacher_logits)
+        return float((p * (log_p1 - log_q1) + (1 - p) * (log_p0 - log_q0)).mean())
+    return float(F.kl_div(F.log_softmax(student_logits, 1), F.log_softmax(teacher_logits, 1),
+                          reduction="batchmean", log_target=True))
+
+
+SELECTION = "lowest KL divergence from the teacher (T=1) on the validation split"
+
+
 def _validation_score(student, teacher_logits, inputs, labels, temperature) -> tuple[float, float]:
-    """(quality, minus distillation loss): accuracy or agreement for classes, AUC for binary logits with
-    labels; small validation sets saturate accuracy, the loss breaks ties."""
+    """(minus divergence from the teacher, quality) on the validation split.
+
+    Fidelity ranks the epochs, not labels: the distillation data is usually the teacher's own training
+    data, where a label metric (AUC, accuracy) rewards the memorisation that the freshly pruned student
+    inherited from the teacher, so it picks epoch 0 and throws the recovery away; and a deployed model
+    is judged by its drift from the teacher anyway. Quality (AUC for binary logits with labels, else
+    accuracy or agreement) breaks ties and is what the history reports."""
     logits = _predict(student.eval(), inputs)
-    divergence = -float(distillation_loss(logits, teacher_logits, temperature))
+    fidelity = -divergence(logits, teacher_logits)
     if logits.dim() == 1 and labels is not None:
         from edgepack.rec_metrics import auc
 
-        return float(auc(labels.numpy(), logits.numpy())), divergence
-    target = labels if labels is not None else _top1(teacher_logits)
-    return float((_top1(logits) == target).float().mean()), divergence
+        return fidelity, float(auc(labels.numpy(), logits.numpy()))
+    target = labels if labels is not None else top1(teacher_logits)
+    return fidelity, float((top1(logits) == target).float().mean())
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
@@ -156,14 +174,14 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
             optimizer.step()
             total += loss.item() * len(index)
         score = score_of()
-        record = {"epoch": epoch, "loss": total / len(train_inputs[0]), "validation": score[0],
-                  "validation_kl": -score[1]}
+        record = {"epoch": epoch, "loss": total / len(train_inputs[0]), "validation": score[1],
+                  "validation_kl": -score[0]}
         history.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
         if score > best[0]:
             best = (score, epoch, copy.deepcopy(student.state_dict()))
-        if epoch - best[1] >= config.patience:
+        if epoch - best[1] >= config.patience and epoch < config.epochs:
             stopped = f"early stop: no validation gain for {config.patience} epochs"
             break
         if time.perf_counter() - started > config.time_budget_s:
@@ -176,5 +194,5 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
     student.eval()
     binary = teacher_valid.dim() == 1
     metric = ("AUC" if binary else "accuracy") if valid_y is not None else "top-1 agreement with the teacher"
-    return DistillReport(epochs_run=epoch, best_epoch=best[1], best_validation=best[0][0], validation_metric=metric,
+    return DistillReport(epochs_run=epoch, best_epoch=best[1], best_validation=best[0][1], validation_metric=metric,
                          stopped=stopped, seconds=time.perf_counter() - started, history=tuple(history))

@@ -185,13 +185,24 @@ def _compare(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
     return worst
 
 
-def _ratio_for_target(module, example, config, ignored_names, heads, macs0, params0) -> float:
+def _taylor_gradients(module, config, taylor_loss) -> None:
+    """Taylor importance reads .grad: backpropagate the loss into `module` (a fresh copy has none)."""
+    if config.importance != "taylor":
+        return
+    if taylor_loss is None:
+        raise PruningError("Taylor importance needs data to compute gradients")
+    module.zero_grad()
+    taylor_loss(module).backward()
+
+
+def _ratio_for_target(module, example, config, ignored_names, heads, macs0, params0, taylor_loss=None) -> float:
     """Per-layer channel ratio that removes `config.ratio` of MACs (or params): bisection on copies."""
     low, high, best = 0.0, config.max_layer_ratio, config.max_layer_ratio
     goal = config.ratio
     for _ in range(12):
         middle = (low + high) / 2
         trial = copy.deepcopy(module)
+        _taylor_gradients(trial, config, taylor_loss)   # deepcopy drops .grad; Taylor trials need it
         head_dims = _head_dims(trial, config)
         _pruner(trial, example, config, middle, ignored_names, heads, steps=1).step()
         _update_head_counts(trial, config, head_dims)
@@ -278,16 +289,12 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
                          f"layer there, so embedding dims were left unpruned ({', '.join(stacked)})")
     widths_before = _widths(module)
     macs0, params0 = count(module, example)
-    ratio = _ratio_for_target(module, example, config, ignored_names, heads, macs0, params0)
+    ratio = _ratio_for_target(module, example, config, ignored_names, heads, macs0, params0, taylor_loss)
     head_dims = _head_dims(module, config)
     pruner = _pruner(module, example, config, ratio, ignored_names, heads, steps=config.steps)
     checks = []
     for step in range(config.steps):
-        if config.importance == "taylor":
-            if taylor_loss is None:
-                raise PruningError("Taylor importance needs data to compute gradients")
-            module.zero_grad()
-            taylor_loss(module).backward()
+        _taylor_gradients(module, config, taylor_loss)
         for group in pruner.step(interactive=True):
             name = _group_name(group, names)
             checkable = _zero_group(group)

@@ -155,6 +155,6 @@ def render_pruning(pruning: dict, *, large: str) -> None:
         out.print(f"note: {note}")
     if "distillation" in pruning:
         report = pruning["distillation"]
-        out.print(f"distillation: {report['epochs_run']} epochs in {report['seconds']:.1f} s, best epoch "
-                  f"{report['best_epoch']} ({report['validation_metric']} {report['best_validation']:.4f}); "
-                  f"{report['stopped']}")
+        out.print(f"distillation: {report['epochs_run']} epochs in {report['seconds']:.1f} s, kept epoch "
+                  f"{report['best_epoch']} ({report['selected_by']}; validation {report['validation_metric']} "
+                  f"{report['best_validation']:.4f}); {report['stopped']}")

@@ -168,3 +168,19 @@ def test_pte_tables_are_quantized_per_row_and_fused_into_embedding_kernels(train
     assert structure["embedding_kernels"] == {f"quantized_decomposed.{kernel}.out": 4}
     assert structure["delegated_subgraphs"] >= 1
     assert artifact["size_ratio_vs_fp32_onnx"] < (0.30 if bits == 8 else 0.18)
+
+
+def test_pruned_recommender_is_recovered_by_distillation_within_budget(trained, tmp_path):
+    pruned = yaml.safe_load((EXAMPLE / "recipe_pruned.yaml").read_text())
+    recipe = load_recipe(_recipe(trained, tmp_path / "recovered", prune=pruned["prune"], distill=pruned["distill"]))
+    result = pack(recipe, bench=False)
+    pruning = result.manifest["pruning"]
+    accuracy = pruning["accuracy"]
+    assert set(accuracy) == {"float", "pruned", "distilled"}
+    assert pruning["params"]["after"] < pruning["params"]["before"] * 0.75
+    report = pruning["distillation"]
+    # kept a trained epoch: ranking by fidelity to the teacher, not by AUC on the teacher's own training
+    # rows (where the untouched pruned student always looked best and the recovery was thrown away)
+    assert report["best_epoch"] >= 1 and "KL" in report["selected_by"]
+    assert abs(accuracy["distilled"] - accuracy["float"]) <= 0.003
+    assert result.exit_code == EXIT_OK

@@ -152,3 +152,29 @@ def test_low_rank_leaves_full_rank_layers_alone():
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
     (report,) = factorize(model, energy=0.99, min_features=32, keep={"2"})
     assert not report["factorized"] and isinstance(model[0], torch.nn.Linear)
+
+
+def test_taylor_importance_gets_gradients_in_every_trial_and_a_nonzero_signal():
+    from edgepack.distill import distillation_loss, label_loss, top1
+
+    model, example = CASES["mlp"][0](), _example(CASES["mlp"][1])
+    with torch.no_grad():
+        teacher_logits = model(*example)
+    # Before the first step the student IS the teacher: the distillation loss has zero gradient,
+    # so Taylor scores (|w * grad|) would all be 0; the teacher's hard labels give a real signal.
+    for loss_of, nonzero in ((lambda m: distillation_loss(m(*example), teacher_logits, 1.0), False),
+                             (lambda m: label_loss(m(*example), top1(teacher_logits)), True)):
+        model.zero_grad()
+        loss_of(model).backward()
+        assert (max(p.grad.abs().max().item() for p in model.parameters()) > 1e-6) == nonzero
+    calls = []
+
+    def taylor_loss(module):
+        calls.append(module)
+        return label_loss(module(*example), top1(teacher_logits))
+
+    result = prune_model(model, example, PruneConfig(ratio=0.3, by="params", round_to=4, importance="taylor"),
+                         taylor_loss=taylor_loss)
+    assert result.params_after < result.params_before * 0.85
+    assert len(calls) > 1  # the bisection trials (fresh copies, no .grad) and the final step
+    assert all(check["max_relative_difference"] <= 1e-4 for check in result.checks if check["checked"])
