@@ -22,7 +22,7 @@ from edgepack.pipeline import pack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
-from recommender import recommender  # noqa: E402
+from recommender import pruned_recommender, recommender  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_RECIPE = ROOT / "examples" / "image_classifier" / "recipe.yaml"
@@ -75,10 +75,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--only", choices=("image", "pruned", "recovery", "recommender"), action="append",
+    parser.add_argument("--only", choices=("image", "pruned", "recovery", "recommender", "recommender-pruned"),
+                        action="append",
                         help="run only these parts (repeatable; default: all)")
     args = parser.parse_args()
-    parts = set(args.only or ("image", "pruned", "recovery", "recommender"))
+    parts = set(args.only or ("image", "pruned", "recovery", "recommender", "recommender-pruned"))
     machine = machine_facts(threads=2)
     print(f"machine: {machine['processor']}, {machine['cpu_count']} cores, 2 threads, {machine['platform']}")
     sections, details = {}, {}
@@ -90,6 +91,8 @@ def main() -> None:
         sections["recovery after pruning, same epochs"] = recovery_comparison()
     if "recommender" in parts:
         sections["recommender (DeepFM, MovieLens-100K, x86 and arm-tflite)"] = recommender(args.repeats)
+    if "recommender-pruned" in parts:
+        sections["recommender pruned 30% params + recovered (x86)"] = pruned_recommender(args.repeats)
     rows = [row for section in sections.values() for row in section]
     for title, section in sections.items():
         print(f"\n{title:64} {'value':>9}  {'target':>8}  ok")
