@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgepack.bag_rewrite import rewrite_embedding_bags
 from edgepack.bench import BenchSettings, bench_bundle
 from edgepack.bundle import sha256_file, staging, write_bundle_documents
 from edgepack.calibration.dataset import SampleSet, load_sample_set
@@ -109,7 +111,8 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
     for warning in warnings:
         progress.warn(warning)
     with progress.step("loading the float model"):
-        loaded = load_model(recipe)
+        original = load_model(recipe)
+        loaded, rewrites = _export_friendly(original, recipe, calibration)
     compressed = (compress(loaded.module, recipe, calibration, evaluation, progress)
                   if recipe.prune is not None or recipe.lowrank is not None else None)
     with staging(recipe.output) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
@@ -118,7 +121,9 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
         with progress.step("exporting and checking the fp32 ONNX reference"):
             export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path)
         with progress.step("measuring the float model"):
-            source, reference_outputs = _measure_source(loaded, recipe, evaluation, reference_path)
+            source, reference_outputs = _measure_source(original, recipe, evaluation, reference_path)
+        if rewrites:
+            source["rewrites_for_export"] = rewrites
         student_module, student_onnx, pruning = loaded.module, reference_path, None
         if compressed is not None:
             with progress.step("saving, reloading and exporting the pruned model"):
@@ -147,6 +152,28 @@ def prune_only(recipe, progress: Progress = SilentProgress()) -> PackResult:
     if recipe.prune is None and recipe.lowrank is None:
         raise ConfigError("the recipe has no 'prune' (or 'lowrank') section; add one (ratio, by, importance, ...)")
     return pack(recipe.model_copy(update={"targets": []}), progress, bench=False)
+
+
+def _export_friendly(loaded: LoadedModel, recipe, calibration: SampleSet) -> tuple[LoadedModel, list[str]]:
+    """The module every export starts from: nn.EmbeddingBag rewritten (edgepack.bag_rewrite), checked to
+    give the float model's outputs on calibration samples. The float model itself is still what is
+    measured as the baseline."""
+    if loaded.module is None:
+        return loaded, []
+    module, notes = rewrite_embedding_bags(loaded.module)
+    if not notes:
+        return loaded, []
+    sample = {name: array[:256] for name, array in calibration.arrays.items()}
+    threads = recipe.latency.threads
+    before = TorchRunner(loaded.module, recipe.input_names, threads)(sample)
+    after = TorchRunner(module, recipe.input_names, threads)(sample)
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(before, after))
+    if difference > 1e-5:
+        raise ExportError(f"rewriting nn.EmbeddingBag for export changed the outputs (max abs difference "
+                          f"{difference:.2e}): {'; '.join(notes)}")
+    count = len(next(iter(sample.values())))
+    notes = [f"{note}; max abs difference {difference:.1e} on {count} calibration samples" for note in notes]
+    return dataclasses.replace(loaded, module=module), notes
 
 
 def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Path) -> Optional[float]:

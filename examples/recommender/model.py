@@ -27,10 +27,11 @@ class DeepFM(nn.Module):
         self.occupation = nn.Embedding(vocab["occupation"], field_dim, padding_idx=0)
         self.gender = nn.Embedding(vocab["gender"], field_dim, padding_idx=0)
         self.age = nn.Embedding(vocab["age_bucket"], field_dim, padding_idx=0)
-        # Not nn.EmbeddingBag: it does export (torch.export and ONNX dynamo, exact), but the ONNX
-        # graph loops over rows (Loop + SequenceEmpty), 60x slower at batch 256 (9 ms vs 0.15 ms)
-        # and opaque to the INT8 quantizer. An Embedding + mean over the non-padding slots is the
-        # same function as EmbeddingBag(mode="mean", padding_idx=0) and exports to Gather/ReduceSum.
+        # Written out instead of nn.EmbeddingBag, whose ONNX export loops over rows (Loop +
+        # SequenceEmpty, 60x slower at batch 256) and which litert-torch and ExecuTorch cannot run.
+        # An Embedding + mean over the non-padding slots is the same function as
+        # EmbeddingBag(mode="mean", padding_idx=0) and exports to Gather/ReduceSum. (edgepack now
+        # does this rewrite itself for models that use nn.EmbeddingBag: see edgepack/bag_rewrite.py.)
         self.genres = nn.Embedding(vocab["genres"], field_dim, padding_idx=0)
         self.dense = nn.Linear(num_dense, field_dim)
         # The FM needs one width for every field: the 128-d id embeddings are projected to 16.

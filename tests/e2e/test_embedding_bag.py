@@ -1,0 +1,91 @@
+"""A model with a real nn.EmbeddingBag (multi-hot bag) through every target's export and runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from edgepack.config import load_recipe
+from edgepack.errors import EXIT_OK
+from edgepack.pipeline import pack
+
+pytestmark = pytest.mark.e2e
+
+MODEL = '''
+import torch
+from torch import nn
+
+
+class BagModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.item = nn.Embedding(200, 16)
+        self.tags = nn.EmbeddingBag(50, 16, mode="mean", padding_idx=0)
+        self.mlp = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, item_id, tags):
+        return self.mlp(torch.cat([self.item(item_id), self.tags(tags)], 1)).squeeze(1)
+
+
+def build_model():
+    torch.manual_seed(0)
+    return BagModel()
+'''
+
+
+def _targets() -> list[str]:
+    targets = ["x86", "cuda"]
+    if importlib.util.find_spec("litert_torch"):
+        targets.append("arm-tflite")
+    if importlib.util.find_spec("executorch"):
+        targets.append("arm-xnnpack")
+    return targets
+
+
+def test_embedding_bag_model_packs_for_every_target(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    (tmp_path / "bag_model.py").write_text(MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from bag_model import build_model
+
+    model = build_model().eval()
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    rng = np.random.default_rng(0)
+
+    def rows(count):
+        item = rng.integers(1, 200, count).astype(np.int64)
+        tags = rng.integers(0, 50, (count, 4)).astype(np.int64)
+        tags[: count // 10] = 0  # empty bags
+        with torch.no_grad():
+            probability = torch.sigmoid(model(torch.from_numpy(item), torch.from_numpy(tags))).numpy()
+        return {"item_id": item, "tags": tags, "click": (rng.random(count) < probability).astype(np.int64)}
+
+    np.savez(tmp_path / "calib.npz", **rows(400))
+    np.savez(tmp_path / "eval.npz", **rows(2000))
+    recipe = {"name": "bag", "task": "ctr", "model": {"factory": "bag_model:build_model", "weights": "model.safetensors"},
+              "inputs": [{"name": "item_id", "dtype": "int64", "shape": ["batch"], "range": [0, 200]},
+                         {"name": "tags", "dtype": "int64", "shape": ["batch", 4], "range": [0, 50]}],
+              "calibration": {"path": "calib.npz", "samples": 400, "batch_size": 100},
+              "evaluation": {"path": "eval.npz", "labels": "click"},
+              "targets": _targets(), "budget": {"max_auc_drop": 0.01},
+              "latency": {"batch_size": 32, "warmup": 1, "repeats": 3}, "output": str(tmp_path / "bundle")}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = pack(load_recipe(tmp_path / "recipe.yaml"), bench=False)
+    assert result.exit_code == EXIT_OK, [(t.target, t.error) for t in result.targets if getattr(t, "error", None)]
+    manifest = result.manifest
+    assert any("tags: nn.EmbeddingBag(mode=mean, padding_idx=0)" in note
+               for note in manifest["source_model"]["rewrites_for_export"])
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "bundle" / "reference" / "model.fp32.onnx")).graph.node}
+    assert "Loop" not in ops
+    x86 = manifest["targets"]["x86"]["artifacts"][0]
+    assert {table["table"] for table in x86["structure"]["embedding_tables"]} >= {"tags.weight", "item.weight"}
+    for target in _targets():
+        for artifact in manifest["targets"][target]["artifacts"]:
+            assert artifact["passed"] and artifact["metrics"]["samples"] == 2000
