@@ -261,6 +261,12 @@ class Recipe(_Section):
             raise ValueError(f"input names must be unique, got {names}")
         if self.task == "ranking" and self.evaluation.group_by is None:
             raise ValueError("task 'ranking' needs evaluation.group_by (the input that identifies a user)")
+        if self.task == "ranking":
+            probability_bounds = [key for key in ("max_logloss_increase", "max_calibration_shift")
+                                  if getattr(self.budget, key) is not None]
+            if probability_bounds:
+                raise ValueError(f"budget {', '.join(probability_bounds)}: task 'ranking' outputs scores, not click "
+                                 "probabilities, so logloss and calibration are not measured (use task 'ctr')")
         if self.evaluation.group_by is not None and self.evaluation.group_by not in names:
             raise ValueError(f"evaluation.group_by '{self.evaluation.group_by}' is not an input; inputs are {names}")
         for section in (self.calibration, self.evaluation):

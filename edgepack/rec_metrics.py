@@ -28,6 +28,14 @@ def _labels(labels) -> np.ndarray:
     return array
 
 
+def _relevance(labels) -> np.ndarray:
+    """Graded relevance labels as float64 (0 = not relevant); negative or non-finite values raise ValueError."""
+    array = _vector(labels, "labels")
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError("relevance labels must be finite and >= 0")
+    return array
+
+
 def _same_length(*arrays: np.ndarray) -> None:
     """Raise ValueError unless every array has the same length."""
     if len({len(array) for array in arrays}) > 1:
@@ -105,22 +113,25 @@ def _check_k(k: int) -> int:
 
 
 def ranking_metrics(groups, labels, scores, k: int) -> dict:
-    """Per-group NDCG@k, HR@k and recall@k averaged over groups with a positive; others skipped and counted."""
+    """Per-group NDCG@k, HR@k and recall@k averaged over groups with a relevant row; others skipped and counted.
+
+    Labels are relevance grades >= 0 (binary clicks are grades 0/1): NDCG gains are 2^grade - 1
+    (the grade itself for 0/1), HR and recall count rows with a grade above 0."""
     k = _check_k(k)
-    g, y, s = _vector(groups, "groups", dtype=None), _labels(labels), _vector(scores, "scores")
+    g, y, s = _vector(groups, "groups", dtype=None), _relevance(labels), _vector(scores, "scores")
     _same_length(g, y, s)
     inverse, positions = _group_positions(g, s)
+    _, ideal_positions = _group_positions(g, y)  # the best possible order: by grade
     count = int(inverse.max()) + 1 if len(inverse) else 0
-    top = positions < k
-    dcg = np.bincount(inverse, weights=y * top / np.log2(positions + 2.0), minlength=count)
-    hits = np.bincount(inverse, weights=y * top, minlength=count)
-    positives = np.bincount(inverse, weights=y, minlength=count)
+    gains, relevant = np.exp2(y) - 1.0, (y > 0).astype(np.float64)
+    discount = lambda at: (at < k) / np.log2(at + 2.0)
+    dcg = np.bincount(inverse, weights=gains * discount(positions), minlength=count)
+    ideal = np.bincount(inverse, weights=gains * discount(ideal_positions), minlength=count)
+    hits = np.bincount(inverse, weights=relevant * (positions < k), minlength=count)
+    positives = np.bincount(inverse, weights=relevant, minlength=count)
     used = positives > 0
-    # IDCG of a group with 1, 2, ... positives (capped at k); a group never has more positives than rows
-    ideal_by_count = np.cumsum(1.0 / np.log2(np.arange(min(k, max(len(y), 1))) + 2.0))
-    ideal = ideal_by_count[np.minimum(positives[used], k).astype(np.int64) - 1]
-    return {f"ndcg@{k}": _mean(dcg[used] / ideal), f"hr@{k}": _mean((hits[used] > 0).astype(np.float64)),
-            f"recall@{k}": _mean(hits[used] / positives[used]),  # hits over ALL the group's positives
+    return {f"ndcg@{k}": _mean(dcg[used] / ideal[used]), f"hr@{k}": _mean((hits[used] > 0).astype(np.float64)),
+            f"recall@{k}": _mean(hits[used] / positives[used]),  # hits over ALL the group's relevant rows
             "groups": int(used.sum()), "groups_skipped": int(count - used.sum())}
 
 
@@ -150,12 +161,16 @@ def topk_overlap(groups, reference_scores, artifact_scores, k: int) -> float:
     return _mean(shared / np.minimum(k, sizes))
 
 
-def _model_metrics(logits: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarray], k: int) -> dict:
-    """AUC, logloss, calibration means and (with groups) ranking metrics of one model's logits."""
-    probabilities = sigmoid(logits)
-    stats = calibration(labels, probabilities)
-    metrics = {"auc": auc(labels, logits), "logloss": logloss(labels, probabilities),
-               "mean_predicted": stats["mean_predicted"], "observed_rate": stats["observed_rate"]}
+def _model_metrics(logits: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarray], k: int,
+                   probabilistic: bool) -> dict:
+    """AUC (relevant = grade > 0), with `probabilistic` logits logloss and calibration means, and (with
+    groups) ranking metrics of one model's outputs."""
+    metrics = {"auc": auc((labels > 0).astype(np.float64), logits)}
+    if probabilistic:
+        probabilities = sigmoid(logits)
+        stats = calibration(labels, probabilities)
+        metrics.update(logloss=logloss(labels, probabilities), mean_predicted=stats["mean_predicted"],
+                       observed_rate=stats["observed_rate"])
     if groups is not None:
         ranking = ranking_metrics(groups, labels, logits, k)
         metrics.update({key: ranking[key] for key in (f"ndcg@{k}", f"hr@{k}", f"recall@{k}")})
@@ -163,17 +178,21 @@ def _model_metrics(logits: np.ndarray, labels: np.ndarray, groups: Optional[np.n
 
 
 def _drift(reference: np.ndarray, artifact: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarray],
-           k: int) -> tuple[dict, dict, dict]:
+           k: int, probabilistic: bool) -> tuple[dict, dict, dict]:
     """Reference metrics, artifact metrics and the drift between them, on one set of rows."""
-    ref, art = _model_metrics(reference, labels, groups, k), _model_metrics(artifact, labels, groups, k)
-    drift = {"auc_drop": ref["auc"] - art["auc"], "logloss_increase": art["logloss"] - ref["logloss"]}
+    ref = _model_metrics(reference, labels, groups, k, probabilistic)
+    art = _model_metrics(artifact, labels, groups, k, probabilistic)
+    drift = {"auc_drop": ref["auc"] - art["auc"]}
+    if probabilistic:
+        drift["logloss_increase"] = art["logloss"] - ref["logloss"]
     if groups is not None:
         ndcg = f"ndcg@{k}"
         usable = ref[ndcg] > 0  # False for 0 and NaN: relative drop undefined
         drift["ndcg_relative_drop"] = (ref[ndcg] - art[ndcg]) / ref[ndcg] if usable else NAN
         drift["hr_drop"] = ref[f"hr@{k}"] - art[f"hr@{k}"]
         drift["recall_drop"] = ref[f"recall@{k}"] - art[f"recall@{k}"]
-    drift["calibration_shift"] = art["mean_predicted"] - ref["mean_predicted"]
+    if probabilistic:
+        drift["calibration_shift"] = art["mean_predicted"] - ref["mean_predicted"]
     drift["spearman"] = spearman(reference, artifact)
     if groups is not None:
         drift["topk_overlap"] = topk_overlap(groups, reference, artifact, k)
@@ -183,16 +202,20 @@ def _drift(reference: np.ndarray, artifact: np.ndarray, labels: np.ndarray, grou
 
 
 def recommender_metrics(reference_logits, artifact_logits, labels, groups=None,
-                        segments: Optional[Mapping[str, np.ndarray]] = None, k: int = 10) -> dict:
-    """Metrics of both models, their drift, and per-segment drift under '<name>=<value>/' keys."""
+                        segments: Optional[Mapping[str, np.ndarray]] = None, k: int = 10, *,
+                        probabilistic: bool = True) -> dict:
+    """Metrics of both models, their drift, and per-segment drift under '<name>=<value>/' keys.
+
+    `probabilistic`: outputs are click logits and labels 0/1 (ctr: logloss and calibration too);
+    otherwise outputs are ranking scores and labels relevance grades >= 0 (ranking)."""
     reference, artifact = _vector(reference_logits, "reference_logits"), _vector(artifact_logits, "artifact_logits")
     if reference.shape != artifact.shape:
         raise ValueError(f"output shapes differ: reference {reference.shape}, artifact {artifact.shape}")
-    y = _labels(labels)
+    y = _labels(labels) if probabilistic else _relevance(labels)
     g = None if groups is None else _vector(groups, "groups", dtype=None)
     _same_length(reference, y, *([] if g is None else [g]))
     k = _check_k(k)
-    ref, art, drift = _drift(reference, artifact, y, g, k)
+    ref, art, drift = _drift(reference, artifact, y, g, k, probabilistic)
     metrics = {**art, **{f"reference_{key}": value for key, value in ref.items()}, **drift}
     for name, values in (segments or {}).items():
         segment = _vector(values, f"segments[{name!r}]", dtype=None)
@@ -200,6 +223,7 @@ def recommender_metrics(reference_logits, artifact_logits, labels, groups=None,
         for value in np.unique(segment):
             rows = segment == value
             label = value.item() if hasattr(value, "item") else value
-            _, _, part = _drift(reference[rows], artifact[rows], y[rows], None if g is None else g[rows], k)
+            _, _, part = _drift(reference[rows], artifact[rows], y[rows], None if g is None else g[rows], k,
+                                probabilistic)
             metrics.update({f"{name}={label}/{key}": metric for key, metric in part.items()})
     return metrics

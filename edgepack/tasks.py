@@ -12,12 +12,13 @@ from edgepack.verify import classification_metrics
 RECOMMENDER_TASKS = ("ctr", "ranking")
 
 
-def _recommender(reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
+def _recommender(task: str, reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
     from edgepack.rec_metrics import recommender_metrics
 
     groups = evaluation.arrays[settings.group_by] if settings.group_by else None
     segments = {name: evaluation.extras[name] for name in settings.segments}
-    metrics = recommender_metrics(reference, artifact, evaluation.labels, groups, segments, k=settings.top_k)
+    metrics = recommender_metrics(reference, artifact, evaluation.labels, groups, segments, k=settings.top_k,
+                                  probabilistic=task == "ctr")
     shifts = {key: value for key, value in metrics.items() if key.endswith("calibration_shift")}
     metrics.update({f"{key}_abs": abs(value) for key, value in shifts.items() if not math.isnan(value)})
     return metrics
@@ -26,14 +27,14 @@ def _recommender(reference: np.ndarray, artifact: np.ndarray, evaluation: Sample
 def drift_metrics(task: str, reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
     """Metrics of the artifact against the float reference on the evaluation set."""
     if task in RECOMMENDER_TASKS:
-        return _recommender(reference, artifact, evaluation, settings)
+        return _recommender(task, reference, artifact, evaluation, settings)
     return classification_metrics(reference, artifact, evaluation.labels)
 
 
 def quality(task: str, outputs: np.ndarray, evaluation: SampleSet, settings) -> dict:
     """The float model's own quality on the evaluation set."""
     if task in RECOMMENDER_TASKS:
-        metrics = _recommender(outputs, outputs, evaluation, settings)
+        metrics = _recommender(task, outputs, outputs, evaluation, settings)
         return {key.removeprefix("reference_"): value for key, value in metrics.items()
                 if key.startswith("reference_") and "/" not in key} | {"samples": int(len(outputs))}
     return {"accuracy": float((outputs.argmax(axis=1) == evaluation.labels).mean()), "samples": int(len(outputs))}
@@ -47,7 +48,8 @@ def headline(task: str) -> str:
 def columns(task: str, top_k: int = 10) -> list[tuple[str, str, str]]:
     """(header, metric key, format) of the drift table for this task."""
     if task in RECOMMENDER_TASKS:
-        return [("AUC", "auc", ".4f"), ("AUC drop", "auc_drop", "+.4f"), ("logloss", "logloss", ".4f"),
+        logloss = [("logloss", "logloss", ".4f")] if task == "ctr" else []
+        return [("AUC", "auc", ".4f"), ("AUC drop", "auc_drop", "+.4f"), *logloss,
                 (f"NDCG@{top_k}", f"ndcg@{top_k}", ".4f"), ("NDCG rel. drop", "ndcg_relative_drop", "+.2%"),
                 ("Spearman", "spearman", ".4f"), (f"top-{top_k} overlap", "topk_overlap", ".3f")]
     return [("accuracy", "accuracy", ".4f"), ("drop pts", "accuracy_drop", "+.2f"),

@@ -93,6 +93,8 @@ def load(folder: Path | None = None) -> tuple[dict[str, np.ndarray], dict]:
         "raw_year": year[item_id],
         "raw_age": by_user[user_id, 3].astype(np.float64),
         "click": (rating >= 4).astype(np.int64),
+        # graded relevance for task 'ranking': 0 for ratings 1-3, 1 for 4, 2 for 5 (relevant = click)
+        "relevance": np.clip(rating - 3, 0, None).astype(np.int64),
         "timestamp": np.array(inter["timestamp"], dtype=np.float64).astype(np.int64),
     }
     maps = {"occupation": occupation_map, "gender": gender_map, "genres": genre_map,
@@ -126,7 +128,8 @@ def build(out: Path, *, seed: int = 0, verbose: bool = True) -> dict[str, dict[s
     train = index["train"]
     norm = {k: (float(features[k][train].mean()), float(features[k][train].std())) for k in ("raw_year", "raw_age")}
     dense = np.stack([(features[k] - m) / s for k, (m, s) in norm.items()], axis=1).astype(np.float32)
-    columns = {name: features[name] for name in ID_INPUTS} | {"dense": dense, "click": features["click"]}
+    columns = {name: features[name] for name in ID_INPUTS} | {"dense": dense, "click": features["click"],
+                                                        "relevance": features["relevance"]}
     splits = {name: {k: v[rows] for k, v in columns.items()} for name, rows in index.items()}
     # Cold / warm by how often the user / item occurs in the rows the model is trained on.
     for key, segment in (("user_id", "user_segment"), ("item_id", "item_segment")):

@@ -184,3 +184,24 @@ def test_pruned_recommender_is_recovered_by_distillation_within_budget(trained, 
     assert report["best_epoch"] >= 1 and "KL" in report["selected_by"]
     assert abs(accuracy["distilled"] - accuracy["float"]) <= 0.003
     assert result.exit_code == EXIT_OK
+
+
+def test_ranking_task_with_graded_relevance(trained, tmp_path):
+    evaluation = yaml.safe_load((EXAMPLE / "recipe.yaml").read_text())["evaluation"] | {"labels": "relevance"}
+    recipe = load_recipe(_recipe(trained, tmp_path / "ranking", task="ranking", evaluation=evaluation))
+    result = pack(recipe, bench=False)
+    assert result.exit_code == EXIT_OK
+    source = result.manifest["source_model"]["metrics"]
+    assert "logloss" not in source and 0.6 < source["auc"] < 1 and 0 < source["ndcg@10"] < 1
+    metrics = result.manifest["targets"]["x86"]["artifacts"][0]["metrics"]
+    assert "logloss_increase" not in metrics and "calibration_shift" not in metrics
+    assert abs(metrics["auc_drop"]) <= 0.003 and metrics["ndcg_relative_drop"] <= 0.01
+    assert "user_segment=0/ndcg_relative_drop" in metrics
+
+
+def test_graded_labels_are_refused_for_ctr_with_a_pointer_to_ranking(trained, tmp_path):
+    evaluation = yaml.safe_load((EXAMPLE / "recipe.yaml").read_text())["evaluation"] | {"labels": "relevance"}
+    recipe = load_recipe(_recipe(trained, tmp_path / "never", evaluation=evaluation))
+    with pytest.raises(DataError, match=r"labels 'relevance' must be clicks \(0 or 1\) for task 'ctr', found \[2\]"):
+        load_data(recipe)
+    assert not (tmp_path / "never").exists()

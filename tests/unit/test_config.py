@@ -307,3 +307,11 @@ def test_parse_recipe_collects_every_problem_in_one_error(tmp_path):
     text = str(info.value)
     assert text.count("inline.yaml:") >= 2
     assert "inputs.0.dtype" in text and "targets" in text
+
+
+def test_ranking_refuses_probability_budgets(tmp_path):
+    data = recipe_data(task="ranking")
+    data["evaluation"]["group_by"] = data["inputs"][0]["name"]
+    data["budget"] = {"max_logloss_increase": 0.01}
+    text = config_error(tmp_path, data)
+    assert "max_logloss_increase" in text and "task 'ranking' outputs scores" in text

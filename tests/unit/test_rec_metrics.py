@@ -117,6 +117,32 @@ def test_recall_divides_by_all_positives_and_ideal_is_capped_at_k():
     assert metrics["hr@2"] == 1.0
 
 
+def test_graded_relevance_ndcg_hand_computed():
+    # one user, grades 3, 0, 1 scored .2 .9 .5: order = (grade 0, grade 1, grade 3)
+    # DCG@3 = 0/1 + (2^1-1)/log2(3) + (2^3-1)/log2(4) = 0.63093 + 3.5; IDCG (order 3, 1, 0) = 7 + 1/log2(3)
+    metrics = ranking_metrics(np.zeros(3), np.array([3, 0, 1]), np.array([0.2, 0.9, 0.5]), k=3)
+    assert metrics["ndcg@3"] == pytest.approx((D3 + 3.5) / (7 + D3))  # 0.54134
+    assert metrics["recall@3"] == 1.0 and metrics["hr@3"] == 1.0
+    # k = 1: the top row has grade 0 -> NDCG 0, no hit; the two relevant rows are both missed
+    top1 = ranking_metrics(np.zeros(3), np.array([3, 0, 1]), np.array([0.2, 0.9, 0.5]), k=1)
+    assert top1["ndcg@1"] == 0.0 and top1["hr@1"] == 0.0 and top1["recall@1"] == 0.0
+
+
+def test_ranking_mode_has_no_probability_metrics_and_takes_grades():
+    grades = np.array([0, 2, 1, 0, 0, 3])
+    metrics = recommender_metrics(REFERENCE, ARTIFACT, grades, GROUPS, {}, k=2, probabilistic=False)
+    assert not any(key.startswith(("logloss", "calibration", "mean_predicted", "observed_rate",
+                                   "reference_logloss")) for key in metrics)
+    assert {"auc_drop", "ndcg_relative_drop", "spearman", "topk_overlap"} <= set(metrics)
+    # AUC counts grade > 0 as relevant: the same as with the binarised labels
+    binary = recommender_metrics(REFERENCE, ARTIFACT, (grades > 0).astype(int), GROUPS, {}, k=2)
+    assert metrics["auc"] == binary["auc"] and metrics["reference_auc"] == binary["reference_auc"]
+    with pytest.raises(ValueError, match="binary"):
+        recommender_metrics(REFERENCE, ARTIFACT, grades, GROUPS, {}, k=2)  # ctr: clicks are 0/1
+    with pytest.raises(ValueError, match=">= 0"):
+        recommender_metrics(REFERENCE, ARTIFACT, -grades, GROUPS, {}, k=2, probabilistic=False)
+
+
 def test_ranking_ties_broken_by_row_order():
     scores = np.full(3, 0.5)
     assert ranking_metrics(np.zeros(3), np.array([1, 0, 0]), scores, k=1)["hr@1"] == 1.0  # row 0 comes first
