@@ -79,9 +79,12 @@ def output_heads(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[n
     """Layers whose output is a model output (classification heads): never pruned."""
     produced: dict[int, nn.Module] = {}
     order: list[nn.Module] = []
+    alive: list = []  # keeps every recorded output referenced: a freed tensor's id() can be reused by the
+    # final output (seen once in CI: a random layer was taken for the head and the real heads were pruned)
 
     def record(layer, inputs, output):
         produced[id(output)] = layer
+        alive.append(output)
         order.append(layer)
 
     hooks = [layer.register_forward_hook(record)

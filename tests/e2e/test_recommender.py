@@ -110,7 +110,7 @@ def test_embedding_dims_and_mlp_prune_with_the_self_check(trained, tmp_path):
     assert pruning["layers"]["mlp.6"] == {"before": 1, "after": 1}
     assert all(check["checked"] and check["max_relative_difference"] <= 1e-4 for check in pruning["self_check"])
     assert pruning["quality_metric"] == "auc" and set(pruning["accuracy"]) == {"float", "pruned"}
-    assert any("mlp.6" in note and "item_bias" in note for note in pruning["notes"])
+    assert any("mlp.6" in note and "item_bias" in note for note in pruning["notes"]), pruning["notes"]
 
 
 @pytest.mark.parametrize("bits", [8, 4])
