@@ -2,7 +2,7 @@
 
 A bag of ids per row (a padded [batch, n] tensor) is what multi-hot recommender features look like,
 and nn.EmbeddingBag is how PyTorch models them; but no deployment path here handles it well: the
-ONNX exporter emits a Loop over rows (20x slower than eager at batch 64, and the fp16 converter
+ONNX exporter emits a Loop over rows (60x slower than the rewritten graph at batch 64, and the fp16 converter
 breaks the loop body), litert-torch has no lowering for aten._embedding_bag, and ExecuTorch's
 runtime has no kernel for it. The same function as gather + masked sum / mean / max exports to
 plain ops everywhere, and its table is an ordinary embedding table that every target quantizes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,6 +13,7 @@ import torch
 from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.distill import SELECTION, DistillReport, distill, label_loss, top1
+from edgepack.errors import DataError
 from edgepack.progress import Progress
 from edgepack.lowrank import factorize
 from edgepack.prune import (PruneResult, as_tensors, count, output_heads, prune_model, reload_and_check, save_pruned,
@@ -40,6 +42,23 @@ def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
     return float(metrics[tasks.headline(recipe.task)])
 
 
+def _binary_distillation_labels(data: SampleSet, recipe) -> SampleSet:
+    """Distillation labels as the label loss needs them: clicks (0/1) for ctr, relevance grades turned
+    into relevant / not (grade > 0) for ranking; anything else is a DataError naming the file."""
+    labels = data.labels
+    if labels is None or recipe.task not in tasks.RECOMMENDER_TASKS:
+        return data
+    if recipe.task == "ranking":
+        if (labels < 0).any():
+            raise DataError(f"distillation data {data.source}: labels '{recipe.distill.labels}' are relevance grades "
+                            f"and must be >= 0, found {int(labels.min())}")
+        return dataclasses.replace(data, labels=(labels > 0).astype(np.int64))
+    if not np.isin(labels, (0, 1)).all():
+        raise DataError(f"distillation data {data.source}: labels '{recipe.distill.labels}' must be clicks (0 or 1) "
+                        "for task 'ctr'; graded relevance needs task 'ranking'")
+    return data
+
+
 def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluation: SampleSet,
              progress: Progress) -> CompressionResult:
     """Prune the float model to the recipe's target (distilling between steps if asked) and recover it."""
@@ -49,6 +68,7 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
     if recipe.distill is not None:
         distill_data = load_sample_set(recipe.distill, recipe.inputs, role="distillation", base_dir=recipe.base_dir,
                                        labels=recipe.distill.labels)
+        distill_data = _binary_distillation_labels(distill_data, recipe)
         for warning in distill_data.warnings:
             progress.warn(warning)
 
@@ -58,8 +78,13 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
             teacher_logits = teacher(*inputs)
         # Not the distillation loss: before the first step the model IS the teacher, so that loss is at
         # its minimum with exactly zero gradient and every Taylor score would be 0. Use the teacher's
-        # hard predictions as labels: a non-zero gradient that still needs no labelled data.
-        return label_loss(model(*inputs), top1(teacher_logits))
+        # hard predictions as labels: a non-zero gradient that still needs no labelled data. Ranking
+        # scores have no threshold of their own: the upper half of the scores counts as positive.
+        if recipe.task == "ranking" and teacher_logits.dim() == 1:
+            targets = (teacher_logits > teacher_logits.median()).long()
+        else:
+            targets = top1(teacher_logits)
+        return label_loss(model(*inputs), targets)
 
     def recover(model, step):
         with progress.step(f"distilling after pruning step {step}"):

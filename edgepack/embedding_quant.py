@@ -88,86 +88,105 @@ def dequantize_int4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return (codes - 8).astype(np.float32) * scales.astype(np.float32)[:, None]
 
 
-def _rewrite_int8(model, node, table_array, name):
+def _int8_tables(graph, table_array: np.ndarray, name: str) -> tuple[np.ndarray, int, bool]:
+    """Add the INT8 table (and its row scales, or one shared scale) as initializers once; return the
+    dequantized table, the bytes stored and whether the scale is shared."""
     shared = table_array.shape[1] < MIN_PER_ROW_DIM
     quantized, scales = per_row_int8(table_array, shared_scale=shared)
-    graph = model.graph
-    ids, output = node.input[1], node.output[0]
-    cast = [helper.make_node("Gather", [f"{name}_int8", ids], [f"{name}_rows_int8"], name=f"{name}_gather_int8",
-                             axis=0),
-            helper.make_node("Cast", [f"{name}_rows_int8"], [f"{name}_rows_float"], name=f"{name}_cast",
-                             to=TensorProto.FLOAT)]
     graph.initializer.append(numpy_helper.from_array(quantized, f"{name}_int8"))
     if shared:
         graph.initializer.append(numpy_helper.from_array(scales[:1].astype(np.float32).reshape(()), f"{name}_scale"))
-        new_nodes = cast + [helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scale"], [output],
-                                             name=f"{name}_dequantize")]
-        return _replace(graph, node, new_nodes, [n.name for n in new_nodes]), dequantize_int8(quantized, scales), \
-            quantized.nbytes + 4
+        return dequantize_int8(quantized, scales), quantized.nbytes + 4, True
     graph.initializer.extend([numpy_helper.from_array(scales, f"{name}_row_scale"),
                               numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_last_axis")])
-    scale_gather = f"{name}_gather_row_scale"
-    new_nodes = cast + [
-        helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{name}_scales_half"], name=scale_gather, axis=0),
-        helper.make_node("Cast", [f"{name}_scales_half"], [f"{name}_scales"], name=f"{name}_cast_scales",
-                         to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", [f"{name}_scales", f"{name}_last_axis"], [f"{name}_scales_column"],
-                         name=f"{name}_unsqueeze"),
-        helper.make_node("Mul", [f"{name}_rows_float", f"{name}_scales_column"], [output], name=f"{name}_dequantize"),
-    ]
+    return dequantize_int8(quantized, scales), quantized.nbytes + scales.nbytes, False
+
+
+def _int8_lookup(node, name: str, use: str, shared: bool) -> list[onnx.NodeProto]:
+    """Nodes that replace one Gather of the table: int8 rows -> float -> times the row's scale."""
+    ids, output, tag = node.input[1], node.output[0], f"{name}{use}"
+    nodes = [helper.make_node("Gather", [f"{name}_int8", ids], [f"{tag}_rows_int8"], name=f"{tag}_gather_int8", axis=0),
+             helper.make_node("Cast", [f"{tag}_rows_int8"], [f"{tag}_rows_float"], name=f"{tag}_cast",
+                              to=TensorProto.FLOAT)]
+    if shared:
+        return nodes + [helper.make_node("Mul", [f"{tag}_rows_float", f"{name}_scale"], [output],
+                                         name=f"{tag}_dequantize")]
     # The whole dequantization chain stays float: a QDQ pair on the gathered scales would requantize
     # them per-tensor (scales span orders of magnitude) and undo the per-row precision.
-    return _replace(graph, node, new_nodes, [n.name for n in new_nodes]), dequantize_int8(quantized, scales), \
-        quantized.nbytes + scales.nbytes
+    return nodes + [
+        helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{tag}_scales_half"], name=f"{tag}_gather_row_scale",
+                         axis=0),
+        helper.make_node("Cast", [f"{tag}_scales_half"], [f"{tag}_scales"], name=f"{tag}_cast_scales",
+                         to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [f"{tag}_scales", f"{name}_last_axis"], [f"{tag}_scales_column"],
+                         name=f"{tag}_unsqueeze"),
+        helper.make_node("Mul", [f"{tag}_rows_float", f"{tag}_scales_column"], [output], name=f"{tag}_dequantize"),
+    ]
 
 
-def _rewrite_int4(model, node, table_array, name):
-    dim = table_array.shape[1]
+def _int4_tables(model, table_array: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """Add the packed 4-bit table and its row scales as initializers once."""
     packed, scales = per_row_int4(table_array)
-    graph = model.graph
-    graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_int4"),
-                              numpy_helper.from_array(scales[:, None], f"{name}_row_scale")])
-    gather = helper.make_node("GatherBlockQuantized", [f"{name}_int4", node.input[1], f"{name}_row_scale"],
-                              [f"{name}_rows_half"], name=f"{name}_gather_int4", domain="com.microsoft",
-                              bits=4, block_size=dim, gather_axis=0, quantize_axis=1)
-    cast = helper.make_node("Cast", [f"{name}_rows_half"], [node.output[0]], name=f"{name}_cast", to=TensorProto.FLOAT)
+    model.graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_int4"),
+                                    numpy_helper.from_array(scales[:, None], f"{name}_row_scale")])
     if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return _replace(graph, node, [gather, cast], []), dequantize_int4(packed, scales), packed.nbytes + scales.nbytes
+    return dequantize_int4(packed, scales), packed.nbytes + scales.nbytes
 
 
-def _replace(graph, node, new_nodes, keep_float) -> list[str]:
+def _int4_lookup(node, name: str, use: str, dim: int) -> list[onnx.NodeProto]:
+    """GatherBlockQuantized (one block per row) then Cast to float, replacing one Gather."""
+    tag = f"{name}{use}"
+    gather = helper.make_node("GatherBlockQuantized", [f"{name}_int4", node.input[1], f"{name}_row_scale"],
+                              [f"{tag}_rows_half"], name=f"{tag}_gather_int4", domain="com.microsoft",
+                              bits=4, block_size=dim, gather_axis=0, quantize_axis=1)
+    return [gather, helper.make_node("Cast", [f"{tag}_rows_half"], [node.output[0]], name=f"{tag}_cast",
+                                     to=TensorProto.FLOAT)]
+
+
+def _replace(graph, node, new_nodes) -> None:
     position = list(graph.node).index(node)
     graph.node.remove(node)
     for offset, new in enumerate(new_nodes):
         graph.node.insert(position + offset, new)
-    return keep_float
 
 
 def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]]:
     """Rewrite every embedding table of the ONNX file at `path` in place.
 
-    Returns a report per table (rows, dim, bytes before and after, measured max reconstruction
-    error and its bound, half a quantization step) and the names of nodes that must stay float
-    in the later static quantization (the row-scale lookups)."""
+    A table read by several Gathers (an item table shared by the candidate and the history) is
+    stored once; every Gather gets its own lookup nodes. Returns a report per table (rows, dim,
+    bytes before and after, measured max reconstruction error and its bound, half a quantization
+    step) and the names of nodes that must stay float in the later static quantization (the
+    row-scale lookups)."""
     model = onnx.load(str(path))
-    reports, keep_float = [], []
-    users: dict[str, int] = {}
+    readers: dict[str, int] = {}
     for graph_node in model.graph.node:
         for name in graph_node.input:
-            users[name] = users.get(name, 0) + 1
+            readers[name] = readers.get(name, 0) + 1
+    by_table: dict[str, tuple[onnx.TensorProto, list[onnx.NodeProto]]] = {}
     for node, table in _tables(model):
+        by_table.setdefault(table.name, (table, []))[1].append(node)
+    reports, keep_float = [], []
+    for table, nodes in by_table.values():
         table_array = numpy_helper.to_array(table)
         dim = table_array.shape[1]
         use_int4 = bits == 4 and dim % 2 == 0 and dim >= 16 and (dim & (dim - 1)) == 0
-        rewrite = _rewrite_int4 if use_int4 else _rewrite_int8
         name = table.name.replace("/", "_").replace(".", "_")
-        kept, restored, stored_bytes = rewrite(model, node, table_array, name)
-        keep_float += kept
-        if users.get(table.name, 0) <= 1:
+        if use_int4:
+            restored, stored_bytes = _int4_tables(model, table_array, name)
+        else:
+            restored, stored_bytes, shared = _int8_tables(model.graph, table_array, name)
+        for index, node in enumerate(nodes):
+            use = "" if len(nodes) == 1 else f"_use{index}"
+            new_nodes = _int4_lookup(node, name, use, dim) if use_int4 else _int8_lookup(node, name, use, shared)
+            _replace(model.graph, node, new_nodes)
+            if not use_int4:
+                keep_float += [new.name for new in new_nodes]
+        if readers.get(table.name, 0) <= len(nodes):  # read by nothing but the rewritten Gathers
             model.graph.initializer.remove(table)
         reports.append(table_report(table.name, table_array, restored, bits=4 if use_int4 else 8,
-                                    stored_bytes=stored_bytes))
+                                    stored_bytes=stored_bytes) | {"lookups": len(nodes)})
     onnx.save(model, str(path))
     return reports, keep_float
 

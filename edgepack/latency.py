@@ -30,8 +30,14 @@ def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeat
         runner(batch)
         times.append((time.perf_counter() - started) * 1000.0)
     times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-            "repeats": repeats, "warmup": warmup}
+    entry = {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+             "repeats": repeats, "warmup": warmup}
+    fixed = getattr(runner, "fixed_batch", 1)
+    rows = len(next(iter(batch.values())))
+    if fixed > 1 and rows % fixed:
+        calls = -(-rows // fixed)
+        entry["padded"] = f"the artifact has a fixed batch of {fixed}: {rows} row(s) ran as {calls} padded call(s)"
+    return entry
 
 
 def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings) -> dict:

@@ -80,13 +80,21 @@ def compact_value_names(graph: onnx.GraphProto) -> int:
            for node in graph.node for attr in node.attribute):
         return 0
     kept = {value.name for value in graph.input} | {value.name for value in graph.output}
-    kept |= {init.name for init in graph.initializer} | {""}
+    kept |= {init.name for init in graph.initializer} | {init.values.name for init in graph.sparse_initializer}
+    kept |= {""}
     renamed: dict[str, str] = {}
+    counter = iter(range(1 << 62))
+
+    def fresh() -> str:
+        # t0, t1, ... skipping any name the graph keeps (an input or initializer may be called "t3")
+        return next(candidate for candidate in (f"t{index}" for index in counter) if candidate not in kept)
 
     def short(name: str) -> str:
         if name in kept:
             return name
-        return renamed.setdefault(name, f"t{len(renamed)}")
+        if name not in renamed:
+            renamed[name] = fresh()
+        return renamed[name]
 
     for node in graph.node:
         node.input[:] = [short(name) for name in node.input]

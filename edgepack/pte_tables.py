@@ -31,9 +31,15 @@ def _is_table(module, _name: str = "") -> bool:
             and module.weight.shape[1] >= MIN_PER_ROW_DIM)
 
 
+def _packable(dim: int) -> bool:
+    """Rows that 4-bit storage can take: even (two values a byte) and at least 16 wide, as for TFLite."""
+    return dim % 2 == 0 and dim >= 16
+
+
 def quantize_embeddings(module, *, bits: int = 8):
     """A copy of `module` whose embedding tables (>= MIN_ROWS rows, >= MIN_PER_ROW_DIM wide) are
-    per-row symmetric INT8 (or INT4 with `bits` 4), with a report per table; (module, []) if none."""
+    per-row symmetric INT8 (or INT4 with `bits` 4 where the width allows), with a report per table;
+    (module, []) if none. Narrower tables stay float here (no shared-scale kernel to fuse into)."""
     import torch
     from torchao.quantization import IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerAxis
@@ -46,8 +52,13 @@ def quantize_embeddings(module, *, bits: int = 8):
         if _is_table(child):
             child.padding_idx = None
             originals[name] = child.weight.detach().cpu().numpy().copy()
-    dtype = torch.int4 if bits == 4 else torch.int8
-    quantize_(copied, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), _is_table)
+    # 4-bit values are packed two a byte along a row: odd or narrow rows stay INT8 (as in the other targets)
+    four_bit = lambda child, name="": _is_table(child) and bits == 4 and _packable(child.weight.shape[1])
+    eight_bit = lambda child, name="": _is_table(child) and not four_bit(child)
+    widths = {name: 4 if four_bit(child) else 8 for name, child in copied.named_modules() if name in originals}
+    for dtype, chosen in ((torch.int4, four_bit), (torch.int8, eight_bit)):
+        if any(chosen(child) for child in copied.modules()):
+            quantize_(copied, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), chosen)
     reports = []
     for name, child in copied.named_modules():
         if name not in originals:
@@ -55,9 +66,11 @@ def quantize_embeddings(module, *, bits: int = 8):
         weight = child.weight
         table = originals[name]
         scales = weight.scale.detach().float().cpu().numpy().reshape(-1)
-        packed_bytes = table.size // 2 if bits == 4 else table.size  # the .pte stores 4-bit values two a byte
+        used = widths[name]
+        packed_bytes = table.size // 2 if used == 4 else table.size  # the .pte stores 4-bit values two a byte
+        # zero points are all 0 (symmetric) and not stored: the fused kernel takes None for them
         reports.append(table_report(f"{name}.weight", table, weight.dequantize().detach().cpu().numpy(),
-                                    bits=bits, stored_bytes=packed_bytes + scales.nbytes, steps=scales))
+                                    bits=used, stored_bytes=packed_bytes + scales.nbytes, steps=scales))
     return copied, reports
 
 

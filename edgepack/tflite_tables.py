@@ -23,27 +23,30 @@ PER_ROW_VERSION = 4  # EMBEDDING_LOOKUP with INT4 or per-channel tables (TFLite'
 
 
 def _lookups(model, fb):
-    """(operator code entry, table tensor) per EMBEDDING_LOOKUP whose table is a float32 constant
-    read by nothing else."""
+    """(operator code entries, table tensor, lookups) per float32 constant table that is read by
+    EMBEDDING_LOOKUP ops only (an item table shared by two lookups is one table) and owns its buffer."""
     graph = model.subgraphs[0]
-    readers: dict[int, int] = {}
+    readers: dict[int, list] = {}
     buffer_users: dict[int, int] = {}
     for op in graph.operators:
-        for index in op.inputs:
-            readers[int(index)] = readers.get(int(index), 0) + 1
+        for position, index in enumerate(op.inputs):
+            readers.setdefault(int(index), []).append((op, position))
     for tensor in graph.tensors:
         buffer_users[tensor.buffer] = buffer_users.get(tensor.buffer, 0) + 1
-    found = []
-    for op in graph.operators:
+
+    def is_lookup(op) -> bool:
         code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) != fb.BuiltinOperator.EMBEDDING_LOOKUP:
+        return max(code.builtinCode, code.deprecatedBuiltinCode) == fb.BuiltinOperator.EMBEDDING_LOOKUP
+
+    found = []
+    for index, uses in readers.items():
+        if index < 0 or not all(is_lookup(op) and position == 1 for op, position in uses):
             continue
-        table = graph.tensors[int(op.inputs[1])]
+        table = graph.tensors[index]
         data = model.buffers[table.buffer].data
         if (table.type == fb.TensorType.FLOAT32 and data is not None and len(table.shape) == 2
-                and table.shape[0] >= MIN_ROWS and readers[int(op.inputs[1])] == 1
-                and buffer_users[table.buffer] == 1):
-            found.append((code, table))
+                and table.shape[0] >= MIN_ROWS and buffer_users[table.buffer] == 1):
+            found.append(({op.opcodeIndex for op, _ in uses}, table, len(uses)))
     return found
 
 
@@ -67,7 +70,7 @@ def quantize_tflite_tables(path: Path, *, bits: int = 8,
 
     model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     reports = []
-    for code, tensor in _lookups(model, fb):
+    for codes, tensor, lookups in _lookups(model, fb):
         buffer = model.buffers[tensor.buffer]
         rows, dim = (int(d) for d in tensor.shape)
         table = np.frombuffer(np.asarray(buffer.data, dtype=np.uint8).tobytes(), dtype=np.float32).reshape(rows, dim)
@@ -89,10 +92,11 @@ def quantize_tflite_tables(path: Path, *, bits: int = 8,
         tensor.quantization = quantization
         buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
         if per_row:
-            code.version = max(code.version, PER_ROW_VERSION)
+            for code in codes:
+                model.operatorCodes[code].version = max(model.operatorCodes[code].version, PER_ROW_VERSION)
         fallback = (tensor.name or b"").decode(errors="replace")
         reports.append(table_report(_name(table, parameters or {}, fallback), table, restored, bits=used_bits,
-                                    stored_bytes=data.nbytes + stored_scales.nbytes))
+                                    stored_bytes=data.nbytes + stored_scales.nbytes) | {"lookups": lookups})
     if reports:
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")

@@ -335,9 +335,11 @@ class TfliteRunner:
         self._outputs = runner.get_output_details()
         self._runner = runner
         self.input_names = list(signature[key]["inputs"])
-        self.batch = int(next(iter(self._inputs.values()))["shape"][0])
+        self.batch = self.fixed_batch = int(next(iter(self._inputs.values()))["shape"][0])
         self.output_names = list(signature[key]["outputs"])
         self.device = "LiteRT interpreter, XNNPACK CPU kernels (x86 emulation of ARM kernels)"
+        if self.batch > 1:
+            self.device += f", fixed batch {self.batch} (smaller batches padded)"
 
     def _prepare(self, name: str, value: np.ndarray) -> np.ndarray:
         detail = self._inputs[name]

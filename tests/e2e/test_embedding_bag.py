@@ -1,7 +1,9 @@
-"""A model with a real nn.EmbeddingBag (multi-hot bag) through every target's export and runtime."""
+"""Table edge cases through every target's export and runtime: a real nn.EmbeddingBag (multi-hot bag),
+a table shared by two lookups, 4-bit tables next to an odd-width one."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import numpy as np
@@ -46,14 +48,37 @@ def _targets() -> list[str]:
     return targets
 
 
-def test_embedding_bag_model_packs_for_every_target(tmp_path, monkeypatch):
+SHARED = '''
+import torch
+from torch import nn
+
+
+class SharedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.item = nn.Embedding(200, 32)          # read twice
+        self.tags = nn.EmbeddingBag(50, 9, mode="sum", padding_idx=0)   # odd width: never 4-bit
+        self.mlp = nn.Sequential(nn.Linear(73, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, item_id, tags):
+        # a second read of the same table (ids < 50 here); no arithmetic on ids: the TFLite PT2E
+        # quantizer would try to quantize an int64 multiply
+        return self.mlp(torch.cat([self.item(item_id), self.item(tags[:, 0]), self.tags(tags)], 1)).squeeze(1)
+
+
+def build_model():
+    torch.manual_seed(0)
+    return SharedModel()
+'''
+
+
+def _pack(tmp_path, monkeypatch, source: str, module: str, factory: str, **changes):
+    """Write the model, its weights, click data drawn from its own predictions and a recipe; pack."""
     from safetensors.torch import save_file
 
-    (tmp_path / "bag_model.py").write_text(MODEL)
+    (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    from bag_model import build_model
-
-    model = build_model().eval()
+    model = getattr(importlib.import_module(module), factory)().eval()
     save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
     rng = np.random.default_rng(0)
 
@@ -67,16 +92,43 @@ def test_embedding_bag_model_packs_for_every_target(tmp_path, monkeypatch):
 
     np.savez(tmp_path / "calib.npz", **rows(400))
     np.savez(tmp_path / "eval.npz", **rows(2000))
-    recipe = {"name": "bag", "task": "ctr", "model": {"factory": "bag_model:build_model", "weights": "model.safetensors"},
+    recipe = {"name": module, "task": "ctr", "model": {"factory": f"{module}:{factory}", "weights": "model.safetensors"},
               "inputs": [{"name": "item_id", "dtype": "int64", "shape": ["batch"], "range": [0, 200]},
                          {"name": "tags", "dtype": "int64", "shape": ["batch", 4], "range": [0, 50]}],
               "calibration": {"path": "calib.npz", "samples": 400, "batch_size": 100},
               "evaluation": {"path": "eval.npz", "labels": "click"},
               "targets": _targets(), "budget": {"max_auc_drop": 0.01},
-              "latency": {"batch_size": 32, "warmup": 1, "repeats": 3}, "output": str(tmp_path / "bundle")}
+              "latency": {"batch_size": 32, "warmup": 1, "repeats": 3}, "output": str(tmp_path / "bundle")} | changes
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    result = pack(load_recipe(tmp_path / "recipe.yaml"), bench=False)
-    assert result.exit_code == EXIT_OK, [(t.target, t.error) for t in result.targets if getattr(t, "error", None)]
+    return pack(load_recipe(tmp_path / "recipe.yaml"), bench=False)
+
+
+def _tables(manifest, target):
+    artifact = manifest["targets"][target]["artifacts"][0]
+    return {table["table"]: table for table in artifact["structure"].get("embedding_tables", [])}
+
+
+def test_shared_and_odd_width_tables_with_four_bit_in_every_target(tmp_path, monkeypatch):
+    result = _pack(tmp_path, monkeypatch, SHARED, "shared_model", "build_model", quantization={"embedding_bits": 4})
+    assert result.exit_code == EXIT_OK, [(t.name, t.error) for t in result.targets if t.error]
+    manifest = result.manifest
+    x86 = _tables(manifest, "x86")
+    assert x86["item.weight"]["lookups"] == 2 and x86["item.weight"]["bits"] == 4
+    assert x86["tags.weight"]["bits"] == 8  # 9 wide: 4-bit needs a power of two here
+    if "arm-tflite" in manifest["targets"]:
+        tflite = _tables(manifest, "arm-tflite")
+        assert tflite["item.weight"]["lookups"] == 2 and tflite["item.weight"]["bits"] == 4
+        assert tflite["tags.weight"]["bits"] == 8
+    if "arm-xnnpack" in manifest["targets"]:
+        pte = _tables(manifest, "arm-xnnpack")
+        assert pte["item.weight"]["bits"] == 4 and pte["tags.weight"]["bits"] == 8
+        assert set(manifest["targets"]["arm-xnnpack"]["artifacts"][0]["structure"]["embedding_kernels"]) == {
+            "quantized_decomposed.embedding_4bit.out", "quantized_decomposed.embedding_byte.out"}
+
+
+def test_embedding_bag_model_packs_for_every_target(tmp_path, monkeypatch):
+    result = _pack(tmp_path, monkeypatch, MODEL, "bag_model", "build_model")
+    assert result.exit_code == EXIT_OK, [(t.name, t.error) for t in result.targets if t.error]
     manifest = result.manifest
     assert any("tags: nn.EmbeddingBag(mode=mean, padding_idx=0)" in note
                for note in manifest["source_model"]["rewrites_for_export"])

@@ -144,6 +144,12 @@ def test_tflite_tables_are_quantized_per_row_and_read_by_the_hybrid_lookup(train
     assert sorted(graph.tensors[op.inputs[1]].shape[0] for op in lookups
                   if graph.tensors[op.inputs[1]].type == fb.TensorType.FLOAT32) == [3, 8]
     assert all(model.operatorCodes[op.opcodeIndex].version == 4 for op in lookups)
+    scales = {tuple(int(d) for d in graph.tensors[op.inputs[1]].shape): graph.tensors[op.inputs[1]].quantization
+              for op in lookups if graph.tensors[op.inputs[1]].type != fb.TensorType.FLOAT32}
+    for shape in ((944, 128), (1683, 128)):  # the user and item tables: one scale per row, zero points 0
+        assert len(scales[shape].scale) == shape[0] and scales[shape].quantizedDimension == 0
+        assert not np.any(scales[shape].zeroPoint)
+    assert len(scales[(944, 1)].scale) == 1  # the user bias table shares one scale
     assert artifact["size_ratio_vs_fp32_onnx"] < (0.30 if bits == 8 else 0.20)
     assert {tuple(entry["shape"][:1]) for entry in artifact["io"]["inputs"]} == {(96,) if bits == 4 else (1,)}
     assert artifact["metrics"]["samples"] == 20_000

@@ -39,3 +39,24 @@ def test_intermediate_names_shrink_and_interface_stays(tmp_path):
     inner = [name for node in after.graph.node for name in node.output if name not in interface]
     assert inner and all(name[0] == "t" and name[1:].isdigit() for name in inner)
     assert np.array_equal(OrtRunner(path, threads=1)(feeds)[0], expected)
+
+
+def test_new_names_never_collide_with_kept_ones():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.onnx_export import compact_value_names
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["t0", "t1"], ["sum"]), helper.make_node("Relu", ["sum"], ["t2_out"]),
+         helper.make_node("Neg", ["t2_out"], ["y"])], "g",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "t1")])
+    assert compact_value_names(graph) == 2
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    produced = [name for node in graph.node for name in node.output]
+    assert produced[:2] == ["t2", "t3"] and produced[2] == "y"  # t0 (input) and t1 (initializer) skipped
+    import onnxruntime
+
+    out = onnxruntime.InferenceSession(model.SerializeToString())
+    assert np.array_equal(out.run(None, {"t0": np.array([1.0, -3.0], np.float32)})[0], np.array([-2.0, 0.0], np.float32))

@@ -1,9 +1,10 @@
-"""Distillation pieces: the divergence that picks the kept epoch."""
+"""Distillation pieces: the divergence that picks the kept epoch, labels that fit the task."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,3 +27,27 @@ def test_class_divergence_is_the_softmax_kl():
     expected = float((p * (p.log() - math.log(1 / 3))).sum())
     assert divergence(student, teacher) == pytest.approx(expected, rel=1e-5)
     assert divergence(teacher, teacher) == pytest.approx(0.0, abs=1e-7)
+
+
+def _labelled(labels):
+    from edgepack.calibration.dataset import SampleSet
+
+    return SampleSet(role="distillation", source="train.npz", arrays={"x": np.zeros((len(labels), 2), np.float32)},
+                     labels=np.asarray(labels), batch_size=8, sha256="")
+
+
+def test_distillation_labels_fit_the_task():
+    from types import SimpleNamespace
+
+    from edgepack.compress import _binary_distillation_labels
+    from edgepack.errors import DataError
+
+    recipe = lambda task: SimpleNamespace(task=task, distill=SimpleNamespace(labels="relevance"))
+    grades = _labelled([0, 2, 1, 0])
+    assert _binary_distillation_labels(grades, recipe("ranking")).labels.tolist() == [0, 1, 1, 0]  # relevant or not
+    with pytest.raises(DataError, match="train.npz: labels 'relevance' must be clicks"):
+        _binary_distillation_labels(grades, recipe("ctr"))
+    with pytest.raises(DataError, match="must be >= 0, found -1"):
+        _binary_distillation_labels(_labelled([0, -1]), recipe("ranking"))
+    classes = _labelled([0, 7, 3])
+    assert _binary_distillation_labels(classes, recipe("classification")) is classes

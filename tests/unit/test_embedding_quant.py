@@ -73,3 +73,37 @@ def test_tables_are_rewritten_and_still_compute_the_model(embedding_onnx, bits, 
     assert len(keep_float) == (12 if bits == 8 else 0)  # the dequantization chain of both tables
     got = OrtRunner(path, threads=1)(feeds)[0]
     assert np.abs(got - expected).max() < (0.02 if bits == 8 else 0.3)
+
+
+class SharedTable(torch.nn.Module):
+    """One item table read twice (candidate and last-seen item), as recommenders often do."""
+
+    def __init__(self):
+        super().__init__()
+        self.item = torch.nn.Embedding(60, 32)
+        self.out = torch.nn.Linear(64, 1)
+
+    def forward(self, candidate, history):
+        return self.out(torch.cat([self.item(candidate), self.item(history)], 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_table_read_by_two_gathers_is_stored_once(tmp_path, bits):
+    torch.manual_seed(0)
+    model = SharedTable().eval()
+    gen = torch.Generator().manual_seed(1)
+    feeds = {"candidate": torch.randint(0, 60, (16,), generator=gen).numpy(),
+             "history": torch.randint(0, 60, (16,), generator=gen).numpy()}
+    inputs = [InputSpec(name=name, dtype="int64", shape=["batch"]) for name in feeds]
+    path = export_float_onnx(model, inputs, feeds, tmp_path / "shared.onnx")
+    expected = OrtRunner(path, threads=1)(feeds)[0]
+    gathers = sum(node.op_type == "Gather" for node in onnx.load(str(path)).graph.node)
+    reports, _ = quantize_tables(path, bits=bits)
+    assert len(reports) == 1 and reports[0]["lookups"] == 2 == gathers
+    rewritten = onnx.load(str(path))
+    onnx.checker.check_model(rewritten)
+    names = [init.name for init in rewritten.graph.initializer]
+    assert len(names) == len(set(names)) and not any(init.dims == [60, 32] and init.data_type == onnx.TensorProto.FLOAT
+                                                    for init in rewritten.graph.initializer)
+    got = OrtRunner(path, threads=1)(feeds)[0]
+    assert np.abs(got - expected).max() < (0.02 if bits == 8 else 0.3)
