@@ -51,6 +51,7 @@ def render_markdown(manifest: dict) -> str:
             failures += [f"- `{name}` `{item['path']}`: {check['metric']} {check['value']:.4g} outside "
                          f"{check['bound']} {check['limit']:g}" for check in item["drift"] if not check["passed"]]
     lines += [f"\nNote: {note}." for note in validation_notes(manifest)]
+    lines += _table_lines(manifest)
     if failures:
         lines += ["", "## Failures", "", *failures]
     if "bench" in manifest:
@@ -69,6 +70,33 @@ def render_markdown(manifest: dict) -> str:
     if manifest["warnings"]:
         lines += ["", "## Warnings", "", *[f"- {warning}" for warning in manifest["warnings"]]]
     return "\n".join(lines) + "\n"
+
+
+def embedding_table_rows(manifest: dict) -> list[list[str]]:
+    """One row per quantized embedding table per artifact: artifact, table, shape, bits, scales,
+    lookups, bytes before -> after, measured max error against its bound."""
+    rows = []
+    for target in manifest["targets"].values():
+        for item in target.get("artifacts", []):
+            for table in item.get("structure", {}).get("embedding_tables", []):
+                rows.append([item["path"], table["table"], f"{table['rows']} x {table['dim']}", f"{table['bits']}-bit",
+                             table["scales"], str(table.get("lookups", 1)),
+                             f"{table['bytes_before']:,} → {table['bytes_after']:,} "
+                             f"({table['bytes_after'] / table['bytes_before']:.3f})",
+                             f"{table['max_abs_error']:.2e} ≤ {table['error_bound']:.2e}"])
+    return rows
+
+
+EMBEDDING_HEADERS = ["artifact", "table", "rows x dim", "bits", "scales", "lookups", "bytes before → after",
+                     "max error ≤ bound"]
+
+
+def _table_lines(manifest: dict) -> list[str]:
+    rows = embedding_table_rows(manifest)
+    if not rows:
+        return []
+    return ["", "## Embedding tables", "", "| " + " | ".join(EMBEDDING_HEADERS) + " |",
+            "|" + "---|" * len(EMBEDDING_HEADERS), *["| " + " | ".join(row) + " |" for row in rows]]
 
 
 def _bench_lines(bench: dict) -> list[str]:

@@ -8,6 +8,7 @@ import io
 
 from edgepack import tasks
 from edgepack.bundle import artifact_entries, validation_notes
+from edgepack.report import EMBEDDING_HEADERS, embedding_table_rows
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -158,6 +159,10 @@ def _compression(manifest: dict) -> str:
                      str(ops.get("DequantizeLinear", 0)), _e(by_dtype), _e(", ".join(structure.get("float_nodes", [])) or "—")])
     lines.append(_table(["target", "artifact", "QuantizeLinear", "DequantizeLinear", "weights by dtype",
                          "nodes kept float"], rows, left=2))
+    tables = embedding_table_rows(manifest)
+    if tables:
+        lines += ["<h3>Embedding tables</h3>", _table(EMBEDDING_HEADERS, [[_e(cell) for cell in row] for row in tables],
+                                                       left=2)]
     return "\n".join(lines)
 
 

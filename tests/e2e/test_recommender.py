@@ -70,6 +70,9 @@ def test_tables_are_per_row_int8_in_the_x86_artifact(packed):
         assert table["bytes_after"] < table["bytes_before"] * 0.27
         assert table["max_abs_error"] <= table["error_bound"] + 1e-7
     assert artifact["size_ratio_vs_fp32_onnx"] <= 0.27  # the target, tables included
+    report = (packed.bundle / "report.md").read_text()
+    assert "## Embedding tables" in report and "| x86/model.int8.onnx | item.weight | 1683 x 128 | 8-bit |" in report
+    assert "<h3>Embedding tables</h3>" in (packed.bundle / "report.html").read_text()
 
 
 def test_four_bit_tables_are_smaller_still(trained, tmp_path):
