@@ -25,6 +25,18 @@ MIN_ROWS = 16
 MIN_PER_ROW_DIM = 8
 
 
+def four_bit_width(dim: int) -> bool:
+    """Rows that 4-bit storage can take: even (two values a byte) and at least 16 wide. x86's
+    GatherBlockQuantized also wants a power of two; TFLite and the .pte take any such width."""
+    return dim % 2 == 0 and dim >= 16
+
+
+def row_scales(bits: int, dim: int) -> bool:
+    """Whether a table gets a scale per row: always at 4 bits; at 8 bits from MIN_PER_ROW_DIM wide
+    (narrower, a scale per row would cost more than it saves, so the table shares one)."""
+    return bits == 4 or dim >= MIN_PER_ROW_DIM
+
+
 def _tables(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.TensorProto]]:
     """Gather nodes that read rows (axis 0) of a float32 2-D initializer."""
     initializers = {init.name: init for init in model.graph.initializer}
@@ -91,7 +103,7 @@ def dequantize_int4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
 def _int8_tables(graph, table_array: np.ndarray, name: str) -> tuple[np.ndarray, int, bool]:
     """Add the INT8 table (and its row scales, or one shared scale) as initializers once; return the
     dequantized table, the bytes stored and whether the scale is shared."""
-    shared = table_array.shape[1] < MIN_PER_ROW_DIM
+    shared = not row_scales(8, table_array.shape[1])
     quantized, scales = per_row_int8(table_array, shared_scale=shared)
     graph.initializer.append(numpy_helper.from_array(quantized, f"{name}_int8"))
     if shared:
@@ -171,7 +183,7 @@ def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]
     for table, nodes in by_table.values():
         table_array = numpy_helper.to_array(table)
         dim = table_array.shape[1]
-        use_int4 = bits == 4 and dim % 2 == 0 and dim >= 16 and (dim & (dim - 1)) == 0
+        use_int4 = bits == 4 and four_bit_width(dim) and (dim & (dim - 1)) == 0
         name = table.name.replace("/", "_").replace(".", "_")
         if use_int4:
             restored, stored_bytes = _int4_tables(model, table_array, name)
@@ -197,7 +209,7 @@ def table_report(name: str, table: np.ndarray, restored: np.ndarray, *, bits: in
     after, and the measured max reconstruction error next to its bound (half the largest step).
     INT8 tables narrower than MIN_PER_ROW_DIM share one scale; the others have one per row.
     `steps` are the scales actually used when another library chose them (else ours are recomputed)."""
-    per_row = bits == 4 or table.shape[1] >= MIN_PER_ROW_DIM
+    per_row = row_scales(bits, table.shape[1])
     if steps is None:
         peaks = np.abs(table).max(axis=1)
         if not per_row:

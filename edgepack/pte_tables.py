@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import copy
 
-from edgepack.embedding_quant import MIN_PER_ROW_DIM, MIN_ROWS, table_report
+from edgepack.embedding_quant import MIN_ROWS, four_bit_width, row_scales, table_report
 
 
 def _is_table(module, _name: str = "") -> bool:
     import torch
 
     return (isinstance(module, torch.nn.Embedding) and module.weight.shape[0] >= MIN_ROWS
-            and module.weight.shape[1] >= MIN_PER_ROW_DIM)
-
-
-def _packable(dim: int) -> bool:
-    """Rows that 4-bit storage can take: even (two values a byte) and at least 16 wide, as for TFLite."""
-    return dim % 2 == 0 and dim >= 16
+            and row_scales(8, module.weight.shape[1]))
 
 
 def quantize_embeddings(module, *, bits: int = 8):
@@ -53,9 +48,9 @@ def quantize_embeddings(module, *, bits: int = 8):
             child.padding_idx = None
             originals[name] = child.weight.detach().cpu().numpy().copy()
     # 4-bit values are packed two a byte along a row: odd or narrow rows stay INT8 (as in the other targets)
-    four_bit = lambda child, name="": _is_table(child) and bits == 4 and _packable(child.weight.shape[1])
-    eight_bit = lambda child, name="": _is_table(child) and not four_bit(child)
-    widths = {name: 4 if four_bit(child) else 8 for name, child in copied.named_modules() if name in originals}
+    table_bits = lambda dim: 4 if bits == 4 and four_bit_width(dim) else 8
+    four_bit = lambda child, name="": _is_table(child) and table_bits(child.weight.shape[1]) == 4
+    eight_bit = lambda child, name="": _is_table(child) and table_bits(child.weight.shape[1]) == 8
     for dtype, chosen in ((torch.int4, four_bit), (torch.int8, eight_bit)):
         if any(chosen(child) for child in copied.modules()):
             quantize_(copied, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), chosen)
@@ -66,7 +61,7 @@ def quantize_embeddings(module, *, bits: int = 8):
         weight = child.weight
         table = originals[name]
         scales = weight.scale.detach().float().cpu().numpy().reshape(-1)
-        used = widths[name]
+        used = table_bits(table.shape[1])
         packed_bytes = table.size // 2 if used == 4 else table.size  # the .pte stores 4-bit values two a byte
         # zero points are all 0 (symmetric) and not stored: the fused kernel takes None for them
         reports.append(table_report(f"{name}.weight", table, weight.dequantize().detach().cpu().numpy(),

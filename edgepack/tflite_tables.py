@@ -16,8 +16,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from edgepack.embedding_quant import (MIN_PER_ROW_DIM, MIN_ROWS, dequantize_int4, dequantize_int8, per_row_int4,
-                                      per_row_int8, table_report)
+from edgepack.embedding_quant import (MIN_ROWS, dequantize_int4, dequantize_int8, four_bit_width, per_row_int4,
+                                      per_row_int8, row_scales, table_report)
 
 PER_ROW_VERSION = 4  # EMBEDDING_LOOKUP with INT4 or per-channel tables (TFLite's op_version.cc)
 
@@ -65,7 +65,6 @@ def quantize_tflite_tables(path: Path, *, bits: int = 8,
     `bits` 4 stores tables of even width >= 16 as INT4 (two values a byte, low nibble first), the
     others INT8. `parameters` (name -> array, e.g. the model's state dict) name the tables in the report.
     """
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
     model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
@@ -75,16 +74,16 @@ def quantize_tflite_tables(path: Path, *, bits: int = 8,
         rows, dim = (int(d) for d in tensor.shape)
         table = np.frombuffer(np.asarray(buffer.data, dtype=np.uint8).tobytes(), dtype=np.float32).reshape(rows, dim)
         quantization = fb.QuantizationParametersT()
-        if bits == 4 and dim % 2 == 0 and dim >= 16:
+        if bits == 4 and four_bit_width(dim):
             packed, scales = per_row_int4(table)
             restored = dequantize_int4(packed, scales)
             data = packed ^ np.uint8(0x88)  # our codes are offset by 8; TFLite's INT4 is two's complement
             tensor.type, used_bits = fb.TensorType.INT4, 4
         else:
-            data, scales = per_row_int8(table, shared_scale=dim < MIN_PER_ROW_DIM)
+            data, scales = per_row_int8(table, shared_scale=not row_scales(8, dim))
             restored = dequantize_int8(data, scales)
             tensor.type, used_bits = fb.TensorType.INT8, 8
-        per_row = used_bits == 4 or dim >= MIN_PER_ROW_DIM
+        per_row = row_scales(used_bits, dim)
         stored_scales = scales.astype(np.float32) if per_row else scales[:1].astype(np.float32)
         quantization.scale = stored_scales.tolist()
         quantization.zeroPoint = [0] * len(stored_scales)
@@ -98,7 +97,14 @@ def quantize_tflite_tables(path: Path, *, bits: int = 8,
         reports.append(table_report(_name(table, parameters or {}, fallback), table, restored, bits=used_bits,
                                     stored_bytes=data.nbytes + stored_scales.nbytes) | {"lookups": lookups})
     if reports:
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-        path.write_bytes(bytes(builder.Output()))
+        write_tflite(model, path)
     return reports
+
+
+def write_tflite(model, path: Path) -> None:
+    """Serialise a flatbuffer object model (schema_py_generated.ModelT) back to a .tflite file."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.errors import EdgepackError, ExportError, MissingDependencyError
 from edgepack.targets.base import Artifact, ExportContext, Target
-from edgepack.tflite_tables import quantize_tflite_tables
+from edgepack.tflite_tables import quantize_tflite_tables, write_tflite
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
@@ -160,7 +160,6 @@ def add_float_io(path: Path) -> None:
     litert-torch 0.10 always folds the boundary Q/DQ into int8 I/O and has no flag against it (a
     float op placed in front of the model was quantized too), so the boundary ops are added here.
     """
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
     model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
@@ -206,9 +205,7 @@ def add_float_io(path: Path) -> None:
     for signature in model.signatureDefs or []:
         for entry in list(signature.inputs or []) + list(signature.outputs or []):
             entry.tensorIndex = remap.get(entry.tensorIndex, entry.tensorIndex)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(bytes(builder.Output()))
+    write_tflite(model, path)
 
 
 class TfliteArmTarget(Target):
