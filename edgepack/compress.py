@@ -13,7 +13,6 @@ import torch
 from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.distill import SELECTION, DistillReport, distill, label_loss, top1
-from edgepack.errors import DataError
 from edgepack.progress import Progress
 from edgepack.lowrank import factorize
 from edgepack.prune import (PruneResult, as_tensors, count, output_heads, prune_model, reload_and_check, save_pruned,
@@ -43,19 +42,11 @@ def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
 
 
 def _binary_distillation_labels(data: SampleSet, recipe) -> SampleSet:
-    """Distillation labels as the label loss needs them: clicks (0/1) for ctr, relevance grades turned
-    into relevant / not (grade > 0) for ranking; anything else is a DataError naming the file."""
-    labels = data.labels
-    if labels is None or recipe.task not in tasks.RECOMMENDER_TASKS:
-        return data
-    if recipe.task == "ranking":
-        if (labels < 0).any():
-            raise DataError(f"distillation data {data.source}: labels '{recipe.distill.labels}' are relevance grades "
-                            f"and must be >= 0, found {int(labels.min())}")
-        return dataclasses.replace(data, labels=(labels > 0).astype(np.int64))
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError(f"distillation data {data.source}: labels '{recipe.distill.labels}' must be clicks (0 or 1) "
-                        "for task 'ctr'; graded relevance needs task 'ranking'")
+    """Distillation labels as the label loss needs them: checked against the task (tasks.check_labels),
+    and relevance grades turned into relevant / not (grade > 0) for ranking."""
+    tasks.check_labels(recipe.task, data, recipe.distill.labels)
+    if recipe.task == "ranking" and data.labels is not None:
+        return dataclasses.replace(data, labels=(data.labels > 0).astype(np.int64))
     return data
 
 

@@ -16,7 +16,7 @@ from edgepack.bench import BenchSettings, bench_bundle
 from edgepack.bundle import sha256_file, staging, write_bundle_documents
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.compress import compress, compression_manifest, save_compressed
-from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, DataError, EdgepackError, ExportError
+from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
 from edgepack.latency import measure_batches
 from edgepack.manifest import build_manifest
 from edgepack.model import LoadedModel, count_params_and_macs, load_model
@@ -96,14 +96,7 @@ def load_data(recipe) -> tuple[SampleSet, SampleSet]:
     calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=recipe.base_dir)
     evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=recipe.base_dir,
                                  labels=recipe.evaluation.labels, extras=tuple(recipe.evaluation.segments))
-    labels = evaluation.labels
-    if labels is not None and recipe.task == "ctr" and not np.isin(labels, (0, 1)).all():
-        raise DataError(f"evaluation data {evaluation.source}: labels '{recipe.evaluation.labels}' must be clicks "
-                        f"(0 or 1) for task 'ctr', found {sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]}; "
-                        "graded relevance needs task 'ranking'")
-    if labels is not None and recipe.task == "ranking" and (labels < 0).any():
-        raise DataError(f"evaluation data {evaluation.source}: labels '{recipe.evaluation.labels}' are relevance "
-                        f"grades for task 'ranking' and must be >= 0, found {int(labels.min())}")
+    tasks.check_labels(recipe.task, evaluation, recipe.evaluation.labels)
     return calibration, evaluation
 
 

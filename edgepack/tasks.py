@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
+from edgepack.errors import DataError
 from edgepack.verify import classification_metrics
 
 RECOMMENDER_TASKS = ("ctr", "ranking")
+
+
+def check_labels(task: str, data: SampleSet, name: Optional[str]) -> None:
+    """Labels that fit the task, else a DataError naming the data: clicks (0 or 1) for ctr, relevance
+    grades >= 0 for ranking (classification labels are checked as class indices elsewhere)."""
+    labels = data.labels
+    if labels is None:
+        return
+    if task == "ctr" and not np.isin(labels, (0, 1)).all():
+        raise DataError(f"{data.role} data {data.source}: labels '{name}' must be clicks (0 or 1) for task 'ctr', "
+                        f"found {sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]}; graded relevance needs "
+                        "task 'ranking'")
+    if task == "ranking" and (labels < 0).any():
+        raise DataError(f"{data.role} data {data.source}: labels '{name}' are relevance grades for task 'ranking' "
+                        f"and must be >= 0, found {int(labels.min())}")
 
 
 def _recommender(task: str, reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
