@@ -130,7 +130,7 @@ class QuantizationConfig(_Section):
     op_types: Optional[list[str]] = Field(
         None, description="ONNX op types to quantize statically (default: onnxruntime's full QDQ set)")
     embedding_bits: Literal[8, 4] = Field(
-        8, description="x86 and arm-tflite: embedding tables per-row INT8, or 4-bit (tables wide enough)")
+        8, description="x86, arm-tflite, arm-xnnpack: embedding tables per-row INT8, or 4-bit (tables wide enough)")
     keep_input_convs_float: bool = Field(
         True, description="keep fp32 a Conv that reads the model input with a tiny reduction (e.g. 1-channel 3x3)")
     compact_names: bool = Field(

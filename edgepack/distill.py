@@ -113,7 +113,7 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> fl
 SELECTION = "lowest KL divergence from the teacher (T=1) on the validation split"
 
 
-def _validation_score(student, teacher_logits, inputs, labels, temperature) -> tuple[float, float]:
+def _validation_score(student, teacher_logits, inputs, labels) -> tuple[float, float]:
     """(minus divergence from the teacher, quality) on the validation split.
 
     Fidelity ranks the epochs, not labels: the distillation data is usually the teacher's own training
@@ -153,7 +153,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
         projections.extend(_projection(s.value, t.value) for s, t in taps)
     optimizer = torch.optim.Adam(list(student.parameters()) + list(projections.parameters()), lr=config.lr)
     temperature = config.temperature
-    score_of = lambda: _validation_score(student, teacher_valid, valid_inputs, valid_y, temperature)
+    score_of = lambda: _validation_score(student, teacher_valid, valid_inputs, valid_y)
     best = (score_of(), 0, copy.deepcopy(student.state_dict()))
     history, started, stopped, epoch = [], time.perf_counter(), "epochs done", 0
     for epoch in range(1, config.epochs + 1):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgepack import tasks
-from edgepack.bundle import validation_notes
+from edgepack.bundle import artifact_entries, validation_notes
 
 
 def _mb(size: int) -> str:
@@ -75,16 +75,11 @@ def render_markdown(manifest: dict) -> str:
 def embedding_table_rows(manifest: dict) -> list[list[str]]:
     """One row per quantized embedding table per artifact: artifact, table, shape, bits, scales,
     lookups, bytes before -> after, measured max error against its bound."""
-    rows = []
-    for target in manifest["targets"].values():
-        for item in target.get("artifacts", []):
-            for table in item.get("structure", {}).get("embedding_tables", []):
-                rows.append([item["path"], table["table"], f"{table['rows']} x {table['dim']}", f"{table['bits']}-bit",
-                             table["scales"], str(table.get("lookups", 1)),
-                             f"{table['bytes_before']:,} → {table['bytes_after']:,} "
-                             f"({table['bytes_after'] / table['bytes_before']:.3f})",
-                             f"{table['max_abs_error']:.2e} ≤ {table['error_bound']:.2e}"])
-    return rows
+    return [[item["path"], table["table"], f"{table['rows']} x {table['dim']}", f"{table['bits']}-bit",
+             table["scales"], str(table.get("lookups", 1)),
+             f"{table['bytes_before']:,} → {table['bytes_after']:,} ({table['bytes_after'] / table['bytes_before']:.3f})",
+             f"{table['max_abs_error']:.2e} ≤ {table['error_bound']:.2e}"]
+            for _, item in artifact_entries(manifest) for table in item["structure"].get("embedding_tables", [])]
 
 
 EMBEDDING_HEADERS = ["artifact", "table", "rows x dim", "bits", "scales", "lookups", "bytes before → after",

@@ -332,11 +332,11 @@ class TfliteRunner:
         self._outputs = runner.get_output_details()
         self._runner = runner
         self.input_names = list(signature[key]["inputs"])
-        self.batch = self.fixed_batch = int(next(iter(self._inputs.values()))["shape"][0])
+        self.fixed_batch = int(next(iter(self._inputs.values()))["shape"][0])
         self.output_names = list(signature[key]["outputs"])
         self.device = "LiteRT interpreter, XNNPACK CPU kernels (x86 emulation of ARM kernels)"
-        if self.batch > 1:
-            self.device += f", fixed batch {self.batch} (smaller batches padded)"
+        if self.fixed_batch > 1:
+            self.device += f", fixed batch {self.fixed_batch} (smaller batches padded)"
 
     def _prepare(self, name: str, value: np.ndarray) -> np.ndarray:
         detail = self._inputs[name]
@@ -352,9 +352,9 @@ class TfliteRunner:
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         count = len(next(iter(feeds.values())))
         results: list[list[np.ndarray]] = [[] for _ in self.output_names]
-        for start in range(0, count, self.batch):
-            rows = np.arange(start, min(start + self.batch, count))
-            padded = np.resize(rows, self.batch)  # the last chunk repeats its rows up to the fixed batch
+        for start in range(0, count, self.fixed_batch):
+            rows = np.arange(start, min(start + self.fixed_batch, count))
+            padded = np.resize(rows, self.fixed_batch)  # the last chunk repeats its rows up to the fixed batch
             sample = {name: self._prepare(name, feeds[name][padded]) for name in self.input_names}
             out = self._runner(**sample)
             for position, name in enumerate(self.output_names):
