@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
 from edgepack.calibration.dataset import load_sample_set
 from edgepack.config import parse_recipe
+from edgepack.errors import MissingDependencyError
 from edgepack.onnx_export import export_float_onnx
 from edgepack.registry import get_target
 from edgepack.targets.base import Artifact, ExportContext
@@ -49,6 +52,14 @@ class TargetContract:
         assert target.name == self.target_name
         assert target.extra and target.required_modules and target.calibration_methods
         target.check_available()
+
+    def test_a_missing_required_module_names_the_extra(self, monkeypatch):
+        target = get_target(self.target_name)
+        missing, real = target.required_modules[0], importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *args: None if name == missing else real(name, *args))
+        with pytest.raises(MissingDependencyError, match=rf"edgepack\[{target.extra}\]"):
+            target.check_available()
 
     def test_exports_artifacts_into_its_folder(self, exported):
         _, artifacts, _, _, out_dir = exported

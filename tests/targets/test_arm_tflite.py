@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-from edgepack.errors import MissingDependencyError  # noqa: E402
-from edgepack.registry import get_target  # noqa: E402
 from edgepack.targets.tflite_arm import TfliteRunner, dequantize, quantize  # noqa: E402
 from tests.targets.contract import TargetContract  # noqa: E402
 
@@ -50,11 +46,3 @@ class TestArmTflite(TargetContract):
         for size in (1, 3, 17):
             (out,) = runner({"image": evaluation.arrays["image"][:size]})
             assert out.shape == (size, 10) and out.dtype == np.float32
-
-
-def test_missing_extra_names_it(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "litert_torch" else real(name, *args))
-    with pytest.raises(MissingDependencyError, match=r"edgepack\[arm\]"):
-        get_target("arm-tflite").check_available()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 pytest.importorskip("executorch")
 pytest.importorskip("torchao")
 
-from edgepack.errors import MissingDependencyError  # noqa: E402
-from edgepack.registry import get_target  # noqa: E402
 from tests.targets.contract import TargetContract  # noqa: E402
 
 
@@ -37,11 +33,3 @@ class TestArmXnnpack(TargetContract):
         images = np.concatenate([evaluation.arrays["image"]] * (size // len(evaluation.arrays["image"]) + 1))[:size]
         (out,) = runner({"image": images})
         assert out.shape == (size, 10) and out.dtype == np.float32
-
-
-def test_missing_extra_names_it(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "executorch" else real(name, *args))
-    with pytest.raises(MissingDependencyError, match=r"edgepack\[arm\]"):
-        get_target("arm-xnnpack").check_available()
