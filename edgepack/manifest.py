@@ -9,6 +9,7 @@ from importlib import metadata
 
 from edgepack import __version__
 from edgepack.bundle import SCHEMA_VERSION
+from edgepack.isa import host_isa
 
 TOOLCHAIN_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "numpy", "safetensors")
 
@@ -27,7 +28,7 @@ def toolchain_versions() -> dict[str, str]:
 def machine_facts(threads: int) -> dict:
     """Where the latency figures were measured."""
     return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "threads": threads, "processor": _cpu_model()}
+            "threads": threads, "processor": _cpu_model(), "isa": list(host_isa().features)}
 
 
 def _cpu_model() -> str:
@@ -54,6 +55,7 @@ def _artifact_entry(result, reference_size: int, budget: dict) -> dict:
                       if key not in ("inputs", "outputs", "layout")},
         "metrics": result.drift.metrics, "drift": result.drift.to_dict()["checks"],
         "budget": budget, "passed": result.drift.passed, "latency": result.latency,
+        "validated_on": result.validated_on,
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgepack.calibration.ranges import compute_ranges, ort_method
 from edgepack.embedding_quant import quantize_tables
 from edgepack.errors import ExportError
+from edgepack.saturation import pair_summed_weights
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class QdqSettings:
     keep_input_convs_float: bool = True
     embedding_bits: Optional[int] = 8  # per-row tables (8 or 4 bits); None: onnxruntime's per-tensor default
     op_types: Optional[tuple[str, ...]] = None  # None: every op type onnxruntime can quantize
+    # 7-bit weights ([-64, 64]) on every layer whose x86 U8S8 kernel adds product pairs in int16
+    # (all but depthwise convolutions): then no pair sum can saturate on any x86 CPU.
+    seven_bit_weights: bool = False
 
 
 # Below this many multiply-accumulates per output value (in_channels/groups * kh * kw) the u8s8
@@ -72,6 +76,7 @@ class QuantizationOutcome:
 def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: list[str], method,
                  settings: QdqSettings, scratch: Path) -> QuantizationOutcome:
     """Pre-process, calibrate and quantize `float_path` into a QDQ model at `out_path`."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -89,6 +94,12 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
         ranges = compute_ranges(prepared, calibration, input_names, method, cache)
         if settings.keep_input_convs_float:
             float_nodes += narrow_input_convs(prepared)
+        extra_options = {"ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True}
+        if settings.seven_bit_weights:
+            # An override without "axis" would make onnxruntime quantize that weight per tensor.
+            extra_options["TensorQuantOverrides"] = {
+                name: [{"reduce_range": True} | ({"axis": axis} if settings.per_channel else {})]
+                for name, axis in pair_summed_weights(onnx.load(str(prepared))).items()}
         try:
             quantize_static(
                 str(prepared), str(out_path), calibration_data_reader=None, calibration_cache_path=str(cache),
@@ -96,7 +107,7 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
                 activation_type=types[settings.activation_type], weight_type=types[settings.weight_type],
                 per_channel=settings.per_channel, nodes_to_exclude=float_nodes,
                 op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
-                extra_options={"ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True},
+                extra_options=extra_options,
             )
         except Exception as exc:
             raise ExportError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc

@@ -15,8 +15,10 @@ from edgepack.bag_rewrite import rewrite_embedding_bags
 from edgepack.bench import BenchSettings, bench_bundle
 from edgepack.bundle import sha256_file, staging, write_bundle_documents
 from edgepack.calibration.dataset import SampleSet, load_sample_set
+from edgepack.capture import LOG_NAME
 from edgepack.compress import compress, compression_manifest, save_compressed
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
+from edgepack.isa import host_isa
 from edgepack.latency import measure_batches
 from edgepack.manifest import build_manifest
 from edgepack.model import LoadedModel, count_params_and_macs, load_model
@@ -24,6 +26,7 @@ from edgepack.onnx_export import check_against_torch, export_float_onnx
 from edgepack.progress import Progress, SilentProgress
 from edgepack.registry import get_target
 from edgepack.runners import OrtRunner, TorchRunner
+from edgepack.speed_flags import flag_slow_artifacts
 from edgepack.targets.base import Artifact, ExportContext, Target
 from edgepack import tasks
 from edgepack.verify import DriftReport, check_budget, collect_outputs
@@ -43,6 +46,7 @@ class ArtifactResult:
     size_bytes: int
     drift: DriftReport
     latency: dict
+    validated_on: dict
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,13 @@ def load_data(recipe) -> tuple[SampleSet, SampleSet]:
     return calibration, evaluation
 
 
-def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -> PackResult:
+def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True,
+         log_path: Optional[Path] = None) -> PackResult:
     """Validate everything, build and verify every target's artifacts, and write the bundle.
 
     With `bench`, every artifact and the float baselines are also timed in fresh processes
-    (`edgepack bench`) and the figures go into the manifest and reports."""
+    (`edgepack bench`) and the figures go into the manifest and reports. `log_path`, the file the
+    libraries' own output was sent to, is copied into the bundle as pack.log."""
     targets = resolve_targets(recipe)
     with progress.step("reading calibration and evaluation data"):
         calibration, evaluation = load_data(recipe)
@@ -144,15 +150,21 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True) -
         if bench:
             manifest["bench"] = bench_bundle(stage, BenchSettings.from_latency(recipe.latency), manifest=manifest,
                                              progress=progress)
+        flag_slow_artifacts(manifest, stage, evaluation.arrays, threads=recipe.latency.threads,
+                            targets=frozenset(target.name for target, _ in targets if target.runs_on_host))
+        if log_path is not None:
+            shutil.copyfile(log_path, stage / LOG_NAME)
+            manifest["library_log"] = {"path": LOG_NAME, "note": "what the libraries edgepack ran printed during "
+                                       "pack (warnings, converter progress, runtime info); --verbose shows it live"}
         write_bundle_documents(stage, manifest)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
 
 
-def prune_only(recipe, progress: Progress = SilentProgress()) -> PackResult:
+def prune_only(recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None) -> PackResult:
     """`edgepack prune`: the pack pipeline up to the pruned, distilled and checked fp32 model, no targets."""
     if recipe.prune is None and recipe.lowrank is None:
         raise ConfigError("the recipe has no 'prune' (or 'lowrank') section; add one (ratio, by, importance, ...)")
-    return pack(recipe.model_copy(update={"targets": []}), progress, bench=False)
+    return pack(recipe.model_copy(update={"targets": []}), progress, bench=False, log_path=log_path)
 
 
 def _export_friendly(loaded: LoadedModel, recipe, calibration: SampleSet) -> tuple[LoadedModel, list[str]]:
@@ -239,6 +251,14 @@ def _pruned_outputs(compressed, recipe, evaluation: SampleSet, source: dict, sta
     return section
 
 
+def validated_on(artifact: Artifact, runner) -> dict:
+    """Where and how an artifact's drift was measured: CPU, ISA features, runtime, provider, arithmetic."""
+    host = host_isa()
+    return {"cpu": host.cpu, "machine": host.machine, "isa": list(host.features), "runtime": artifact.runtime,
+            "runtime_version": artifact.runtime_version, "execution_provider": runner.device,
+            "arithmetic": runner.arithmetic}
+
+
 def _run_target(target: Target, options, recipe, module, float_onnx: Path, calibration: SampleSet,
                 evaluation: SampleSet, reference_outputs: np.ndarray, stage: Path, scratch: Path,
                 progress: Progress) -> TargetResult:
@@ -250,7 +270,7 @@ def _run_target(target: Target, options, recipe, module, float_onnx: Path, calib
     context = ExportContext(float_onnx=float_onnx, module=module, inputs=list(recipe.inputs),
                             calibration=calibration, method=recipe.calibration.method,
                             quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
-                            options=options)
+                            options=options, threads=recipe.latency.threads)
     try:
         with progress.step(f"{target.name}: building artifacts"):
             artifacts = target.export(context)
@@ -264,7 +284,7 @@ def _run_target(target: Target, options, recipe, module, float_onnx: Path, calib
                 latency = measure_batches(runner, evaluation.arrays, recipe.latency)
             results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),
                                           sha256=sha256_file(artifact.path), size_bytes=artifact.path.stat().st_size,
-                                          drift=drift, latency=latency))
+                                          drift=drift, latency=latency, validated_on=validated_on(artifact, runner)))
         return TargetResult(name=target.name, artifacts=tuple(results))
     except EdgepackError as exc:
         progress.warn(f"target '{target.name}' failed: {exc}")

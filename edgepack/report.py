@@ -51,6 +51,8 @@ def render_markdown(manifest: dict) -> str:
             failures += [f"- `{name}` `{item['path']}`: {check['metric']} {check['value']:.4g} outside "
                          f"{check['bound']} {check['limit']:g}" for check in item["drift"] if not check["passed"]]
     lines += [f"\nNote: {note}." for note in validation_notes(manifest)]
+    lines += _validation_lines(manifest)
+    lines += [f"\n**Warning:** {line}" for line in speed_flag_lines(manifest)]
     lines += _table_lines(manifest)
     if failures:
         lines += ["", "## Failures", "", *failures]
@@ -94,6 +96,15 @@ def _table_lines(manifest: dict) -> list[str]:
             "|" + "---|" * len(EMBEDDING_HEADERS), *["| " + " | ".join(row) + " |" for row in rows]]
 
 
+def _validation_lines(manifest: dict) -> list[str]:
+    rows = validation_rows(manifest)
+    if not rows:
+        return []
+    return ["", "## Where and how each artifact was validated", "", "| " + " | ".join(VALIDATION_HEADERS) + " |",
+            "|" + "---|" * len(VALIDATION_HEADERS), *["| " + " | ".join(row) + " |" for row in rows],
+            *(["", *[f"- {line}" for line in isa_lines(manifest)]] if isa_lines(manifest) else [])]
+
+
 def _bench_lines(bench: dict) -> list[str]:
     settings = bench["settings"]
     large = f"batch_{settings['batch_size']}"
@@ -101,12 +112,14 @@ def _bench_lines(bench: dict) -> list[str]:
              f"Each entry timed in a fresh process: median of {settings['repeats']} runs after {settings['warmup']} "
              f"warm-up, {settings['threads']} threads. Ratios are against PyTorch eager fp32 from the same run.", "",
              f"| entry | runs on | size | ms b1 | ms b{settings['batch_size']} | speed-up b{settings['batch_size']} "
-             "| peak RSS |", "|---|---|---|---|---|---|---|"]
+             f"| vs ORT fp32 b{settings['batch_size']} | peak RSS |", "|---|---|---|---|---|---|---|---|"]
     for row in bench["rows"]:
         size = _mb(row["size_bytes"]) if row.get("size_bytes") else "—"
         speedup = f"{row['speedup_vs_eager'][large]:.2f}x" if "speedup_vs_eager" in row else "—"
+        versus_onnx = f"{row['speedup_vs_onnx_fp32'][large]:.2f}x" if "speedup_vs_onnx_fp32" in row else "—"
         lines.append(f"| {row['name']} | {row['device']} | {size} | {row['latency']['batch_1']['median_ms']:.3f} | "
-                     f"{row['latency'][large]['median_ms']:.2f} | {speedup} | {row['peak_rss_mb']:.0f} MB |")
+                     f"{row['latency'][large]['median_ms']:.2f} | {speedup} | {versus_onnx} | "
+                     f"{row['peak_rss_mb']:.0f} MB |")
     return lines
 
 
@@ -128,4 +141,48 @@ def _pruning_lines(pruning: dict) -> list[str]:
     if "distillation" in pruning:
         report = pruning["distillation"]
         lines.append(f"- distillation: {report['epochs_run']} epochs, best {report['best_epoch']}, {report['stopped']}")
+    return lines
+
+
+VALIDATION_HEADERS = ["artifact", "validated on", "runtime", "provider", "arithmetic"]
+
+
+def validation_rows(manifest: dict) -> list[list[str]]:
+    """Per artifact: where its drift was measured (CPU and ISA), runtime, provider, and what computed it."""
+    rows = []
+    for _, item in artifact_entries(manifest):
+        where = item.get("validated_on")
+        if where is None:
+            continue
+        rows.append([item["path"], f"{where['cpu']} ({where['machine']}; {' '.join(where['isa']) or 'no tracked ISA'})",
+                     f"{where['runtime']} {where['runtime_version']}", where["execution_provider"], where["arithmetic"]])
+    return rows
+
+
+def isa_lines(manifest: dict) -> list[str]:
+    """Per x86 artifact: the `isa` option, the weights it chose and why, and the saturation proof."""
+    lines = []
+    for _, item in artifact_entries(manifest):
+        isa = item.get("structure", {}).get("isa")
+        if not isa:
+            continue
+        needs = f"; needs one of {', '.join(isa['requires_isa'])}" if isa["requires_isa"] else ""
+        lines.append(f"{item['path']}: isa {isa['option']}, {isa['description']}{needs}. Why: {isa['reason']}. "
+                     f"Saturation: {isa['saturation']['proof']}.")
+        at_risk = isa["saturation"].get("data_check_outputs_at_risk")
+        if at_risk:
+            lines.append(f"{item['path']}: on calibration data, {at_risk} output values have a product pair beyond "
+                         "int16: a CPU without VNNI would compute them wrongly.")
+    return lines
+
+
+def speed_flag_lines(manifest: dict) -> list[str]:
+    """Artifacts for this host that ran slower than the fp32 ONNX, with the measured reason."""
+    lines = []
+    for _, item in artifact_entries(manifest):
+        flag = item.get("slower_than_fp32")
+        if flag:
+            lines.append(f"{item['path']} is SLOWER than the fp32 ONNX at batch {', '.join(map(str, flag['batches']))} "
+                         f"({flag['artifact_ms']:.3f} vs {flag['fp32_onnx_ms']:.3f} ms at batch {flag['batch']}): "
+                         f"{flag['reason']}")
     return lines

@@ -8,7 +8,8 @@ import io
 
 from edgepack import tasks
 from edgepack.bundle import artifact_entries, validation_notes
-from edgepack.report import EMBEDDING_HEADERS, embedding_table_rows
+from edgepack.report import (EMBEDDING_HEADERS, VALIDATION_HEADERS, embedding_table_rows, isa_lines,
+                             speed_flag_lines, validation_rows)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -111,6 +112,11 @@ def render_html(manifest: dict) -> str:
               f"{manifest['latency_settings']['threads']} threads). Drift: each artifact against the float model on "
               f"{manifest['evaluation']['samples']} held-out samples.</p>"]
     parts += [f"<p class='note'>{_e(note)}</p>" for note in validation_notes(manifest)]
+    if validation_rows(manifest):
+        parts += ["<h2>Where and how each artifact was validated</h2>",
+                  _table(VALIDATION_HEADERS, [[_e(cell) for cell in row] for row in validation_rows(manifest)], left=5)]
+        parts += [f"<p class='note'>{_e(line)}</p>" for line in isa_lines(manifest)]
+    parts += [f"<p class='fail'>{_e(line)}</p>" for line in speed_flag_lines(manifest)]
     parts.append(f"<h2>Size, {_e(tasks.headline(manifest['task']))} and latency</h2>")
     parts += [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
               "</figcaption></figure>" for caption, data in _plots(manifest)]
@@ -173,8 +179,9 @@ def _bench_table(bench: dict) -> str:
              f"{row['size_bytes'] / 1e6:.3f}" if row.get("size_bytes") else "—",
              f"{row['latency']['batch_1']['median_ms']:.3f}", f"{row['latency'][large]['median_ms']:.2f}",
              f"{row['speedup_vs_eager'][large]:.2f}x" if "speedup_vs_eager" in row else "—",
+             f"{row['speedup_vs_onnx_fp32'][large]:.2f}x" if "speedup_vs_onnx_fp32" in row else "—",
              f"{row['peak_rss_mb']:.0f}", f"{row['model_memory_mb']:.0f}"] for row in bench["rows"]]
     note = (f"<p class='note'>{settings['repeats']} timed runs after {settings['warmup']} warm-up, "
             f"{settings['threads']} threads; data: {_e(settings['data'])}. {_e(settings['memory'])}.</p>")
     return _table(["entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up vs eager",
-                   "peak RSS MB", "model memory MB"], rows, left=2) + note
+                   "vs ORT fp32", "peak RSS MB", "model memory MB"], rows, left=2) + note

@@ -18,6 +18,8 @@ class Runner(Protocol):
 
     input_names: list[str]
     output_names: list[str]
+    device: str  # where it runs, e.g. the execution provider
+    arithmetic: str  # what computed the result: integer kernels, float, or an emulation (named)
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
         """Run one batch."""
@@ -32,6 +34,7 @@ class TorchRunner:
         self.output_names = ["output"]
         self.threads = threads
         self.device = "torch eager CPU"
+        self.arithmetic = "float32"
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
         previous = torch.get_num_threads()
@@ -45,9 +48,13 @@ class TorchRunner:
         return [output.detach().numpy() for output in outputs]
 
 
-def ort_session(path: Path, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                disable_weight_requant: bool = False):
-    """An onnxruntime session with a fixed thread count on the first available of `providers`."""
+def ort_session(model: Path | bytes, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                disable_weight_requant: bool = False, fake_quant: bool = False):
+    """An onnxruntime session with a fixed thread count on the first available of `providers`.
+
+    With `fake_quant`, QuantizeLinear/DequantizeLinear pairs stay unfused, so every op runs in float
+    between them: the arithmetic of int32 accumulation (TensorRT, VNNI) without the host's integer
+    kernels."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -59,17 +66,28 @@ def ort_session(path: Path, *, threads: int, providers: tuple[str, ...] = ("CPUE
     if disable_weight_requant:
         # ORT would otherwise quantize float Conv/Gemm weights fed by DequantizeLinear (see STACK.md).
         options.add_session_config_entry("optimization.disable_specified_optimizers", "WeightBiasQuantization")
+    if fake_quant:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     available = set(ort.get_available_providers())
     chosen = [provider for provider in providers if provider in available] or ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=chosen)
+
+
+X86_BUILD_OF_ARM_KERNELS = ("x86 build of the runtime's int8 kernels (int32 accumulation, as on ARM); the phone's "
+                            "ARM kernels (dotprod/i8mm) were not run here")
 
 
 class OrtRunner:
-    """An ONNX model in onnxruntime; `device` names the execution provider actually used."""
+    """An ONNX model in onnxruntime; `device` names the execution provider actually used and
+    `arithmetic` what computed the result (the provider's integer kernels, or an emulation)."""
 
-    def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
-        self.session = ort_session(path, threads=threads, providers=providers)
-        self.device = self.session.get_providers()[0]
+    def __init__(self, path: Path, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 emulation: str | None = None, arithmetic: str = "the execution provider's own kernels"):
+        """`emulation` (a description) runs a QDQ model as fake-quant; `arithmetic` describes the native run."""
+        self.session = ort_session(path, threads=threads, providers=providers, fake_quant=emulation is not None)
+        self.device = self.session.get_providers()[0] + (" (fake-quant emulation)" if emulation else "")
+        self.arithmetic = emulation or arithmetic
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.output_names = [node.name for node in self.session.get_outputs()]
 

@@ -7,15 +7,24 @@ import time
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgepack import tasks
 from edgepack.bundle import artifact_entries, validation_notes
+from edgepack.report import isa_lines, speed_flag_lines, validation_rows
 
 IN_PROCESS = "measured in the pack process"
-console = Console(stderr=True)
-# Tables are wide; keep them readable when output goes to a file or CI log.
-out = Console(width=None if Console().is_terminal else 150)
+# Lines are never wrapped when output goes to a file or CI log (soft_wrap), so they stay greppable;
+# tables are wide, so they get a wide page there.
+console = Console(stderr=True, soft_wrap=not Console(stderr=True).is_terminal)
+out = Console(width=None if Console().is_terminal else 200, soft_wrap=not Console().is_terminal)
+
+
+def bind(out_stream, err_stream) -> None:
+    """Point the terminal's two consoles at these streams (None: the current sys.stdout/sys.stderr)."""
+    out.file = out_stream
+    console.file = err_stream
 
 
 class TerminalProgress:
@@ -36,11 +45,11 @@ class TerminalProgress:
 
 def _in_process_figures(manifest: dict) -> dict:
     """The latency measured during `pack` (same process), shaped like `edgepack bench` figures."""
-    from edgepack.bench import EAGER, add_ratios
+    from edgepack.bench import EAGER, ONNX_FP32, add_ratios
 
     source = manifest["source_model"]
     settings = manifest["latency_settings"]
-    rows = [{"name": "float (ONNX Runtime fp32)", "size_bytes": manifest["reference"]["size_bytes"],
+    rows = [{"name": ONNX_FP32, "size_bytes": manifest["reference"]["size_bytes"],
              "latency": source["reference_onnx_latency"]}]
     if source["runtime"] == "torch eager fp32":
         rows.insert(0, {"name": EAGER, "size_bytes": source.get("size_bytes"), "latency": source["latency"]})
@@ -78,6 +87,7 @@ def render_pack(result) -> None:
               + ("; drop in percentage points." if manifest["task"] == "classification" else "."))
     for note in validation_notes(manifest):
         out.print(f"note: {note}")
+    render_validation(manifest)
     if "pruning" in manifest:
         render_pruning(manifest["pruning"], large=large)
     if manifest["targets"]:
@@ -93,8 +103,23 @@ def render_pack(result) -> None:
     if not manifest["targets"]:
         out.print(f"[green]pruned model written[/]; bundle: {result.bundle}")
         return
+    for line in speed_flag_lines(manifest):
+        console.print(f"[yellow]warning:[/] {escape(line)}")
     verdict = "[green]all targets passed[/]" if manifest["passed"] else "[red]FAILED[/]"
     out.print(f"{verdict}; bundle: {result.bundle}")
+
+
+def render_validation(manifest: dict) -> None:
+    """Where each artifact was validated (CPU, ISA, runtime, provider) and what computed its result."""
+    rows = validation_rows(manifest)
+    hosts = sorted({row[1] for row in rows})
+    for host in hosts:
+        out.print(f"validated on {host}:", markup=False)
+        for row in rows:
+            if row[1] == host:
+                out.print(f"  {row[0]}: {row[2]}, {row[3]}; {row[4]}", markup=False)
+    for line in isa_lines(manifest):
+        out.print(f"x86 isa: {line}", markup=False)
 
 
 def render_bundle_check(check) -> None:
@@ -113,13 +138,16 @@ def render_bench(figures: dict) -> None:
     where = "in the pack process" if settings.get("isolation") == IN_PROCESS else "each entry in a fresh process"
     table = Table(title=f"latency ({where})")
     for column in ("entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up b1",
-                   f"speed-up b{settings['batch_size']}", "size vs eager", "peak RSS MB"):
+                   f"speed-up b{settings['batch_size']}", f"vs ORT fp32 b{settings['batch_size']}", "size vs eager",
+                   "peak RSS MB"):
         table.add_column(column, justify="left" if column in ("entry", "runs on") else "right")
     for row in figures["rows"]:
         speedup = row.get("speedup_vs_eager", {})
+        versus_onnx = row.get("speedup_vs_onnx_fp32", {})
         table.add_row(row["name"], row["device"], f"{row['size_bytes'] / 1e6:.3f}" if row.get("size_bytes") else "—",
                       f"{row['latency']['batch_1']['median_ms']:.3f}", f"{row['latency'][large]['median_ms']:.2f}",
                       f"{speedup['batch_1']:.2f}x" if speedup else "—", f"{speedup[large]:.2f}x" if speedup else "—",
+                      f"{versus_onnx[large]:.2f}x" if versus_onnx else "—",
                       f"{row['size_vs_eager']:.2f}x" if "size_vs_eager" in row else "—",
                       f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "—")
     out.print(table)

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgepack.bundle import check_checksums, read_manifest
+from edgepack.bundle import artifact_entries, check_checksums, read_manifest
 from edgepack.calibration.dataset import load_sample_set
 from edgepack import tasks
 from edgepack.config import EvaluationConfig, InputSpec
 from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
+from edgepack.isa import host_isa
 from edgepack.registry import get_target
 from edgepack.runners import OrtRunner
 from edgepack.verify import DriftReport, check_budget, collect_outputs
@@ -37,6 +38,7 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
     problems = check_checksums(bundle, manifest)
     if problems:
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
+    _check_host_isa(manifest)
     recipe = manifest["recipe"]
     inputs = [InputSpec(**spec) for spec in recipe["inputs"]]
     settings = EvaluationConfig.model_validate({**recipe["evaluation"], "path": Path(data).resolve(), "callable": None,
@@ -55,3 +57,16 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
                                           settings)
             reports[artifact["path"]] = check_budget(metrics, artifact["budget"])
     return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports)
+
+
+def _check_host_isa(manifest: dict) -> None:
+    """Refuse artifacts built for ISA features this host lacks: their integer kernels would compute
+    something else here (int16 pair saturation), so a drift measured here would be meaningless."""
+    host = host_isa()
+    for path, entry in ((item["path"], item) for _, item in artifact_entries(manifest)):
+        needs = entry.get("structure", {}).get("isa", {}).get("requires_isa") or []
+        if needs and not set(needs) & set(host.features):
+            raise VerificationError(
+                f"{path} was built with isa: vnni (full 8-bit weights) and needs one of {', '.join(needs)}; this host "
+                f"({host.cpu}: {' '.join(host.features) or 'no tracked ISA features'}) has none, so its integer "
+                "kernels would saturate; verify on a VNNI host or re-pack with target_options.x86.isa: portable")

@@ -46,6 +46,7 @@ class ExportContext:
     out_dir: Path
     scratch_dir: Path
     options: BaseModel = NoOptions()
+    threads: int = 2  # for measurements a target makes while choosing how to build
 
 
 class Target(ABC):
@@ -57,6 +58,8 @@ class Target(ABC):
     required_modules: ClassVar[tuple[str, ...]]
     calibration_methods: ClassVar[frozenset[str]]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # True when this host is a deployment device of the target (its latency here is real, not emulated).
+    runs_on_host: ClassVar[bool] = False
 
     def check_available(self) -> None:
         """Raise MissingDependencyError naming the extra when a required package is missing."""

@@ -21,6 +21,9 @@ from edgepack.targets.base import Artifact, ExportContext, Target
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU_NOTE = "validated on CPU (CPUExecutionProvider); fp16 numerics approximated, latency is CPU latency"
+FP16_ON_CPU = "fp16 weights; on CPU most ops run in fp32 behind Casts (CUDA's fp16 arithmetic not emulated)"
+TENSORRT_EMULATION = ("TensorRT-style INT8 arithmetic emulated on CPU (QDQ kept as fake-quant: float between "
+                      "Q/DQ, no int16 pair sums)")
 
 
 class CudaOptions(BaseModel):
@@ -84,5 +87,15 @@ class CudaTarget(Target):
         return CPU_NOTE
 
     def runner(self, path: Path, *, threads: int) -> OrtRunner:
-        """CUDA execution provider when present, else CPU."""
-        return OrtRunner(path, threads=threads, providers=PROVIDERS)
+        """CUDA execution provider when present. Else the CPU provider, where a QDQ model runs as
+        fake-quant: the CPU's fused integer kernels (int16 pair sums without VNNI) are not what
+        TensorRT computes (int32 accumulation)."""
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return OrtRunner(path, threads=threads, providers=PROVIDERS)
+        model = onnx.load(str(path), load_external_data=False)
+        quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+        if quantized:
+            return OrtRunner(path, threads=threads, emulation=TENSORRT_EMULATION)
+        return OrtRunner(path, threads=threads, arithmetic=FP16_ON_CPU)

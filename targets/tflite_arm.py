@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.errors import EdgepackError, ExportError, MissingDependencyError
+from edgepack.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.targets.base import Artifact, ExportContext, Target
 from edgepack.tflite_tables import quantize_tflite_tables, write_tflite
 
@@ -335,6 +336,7 @@ class TfliteRunner:
         self.fixed_batch = int(next(iter(self._inputs.values()))["shape"][0])
         self.output_names = list(signature[key]["outputs"])
         self.device = "LiteRT interpreter, XNNPACK CPU kernels (x86 emulation of ARM kernels)"
+        self.arithmetic = X86_BUILD_OF_ARM_KERNELS
         if self.fixed_batch > 1:
             self.device += f", fixed batch {self.fixed_batch} (smaller batches padded)"
 

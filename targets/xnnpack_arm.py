@@ -22,6 +22,7 @@ import numpy as np
 
 from edgepack.errors import ExportError, MissingDependencyError
 from edgepack.pte_tables import fused_table_ops, quantize_embeddings
+from edgepack.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.targets.base import Artifact, ExportContext, Target
 
 IO_METHOD = "edgepack_io"
@@ -133,6 +134,7 @@ class PteRunner:
         self.max_batch = int(meta.input_tensor_meta(0).sizes()[0]) if meta.num_inputs() else MAX_BATCH
         self.threads = threads
         self.device = "ExecuTorch XNNPACK delegate, CPU (x86 emulation of ARM kernels)"
+        self.arithmetic = X86_BUILD_OF_ARM_KERNELS
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         count = len(next(iter(feeds.values())))

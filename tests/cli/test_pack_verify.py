@@ -44,11 +44,14 @@ def squash(text: str) -> str:
 
 def test_pack_prints_a_passing_table(packed):
     out = packed.run.stdout
-    rows = [line for line in out.splitlines() if INT8 in line]
+    rows = [line for line in out.splitlines() if INT8 in line and line.startswith("│")]
     assert len(rows) == 2, out  # drift table and latency table
     assert "x86" in rows[0] and "pass" in rows[0] and "CPUExecutionProvider" in rows[1], out
     assert any("float" in line and "torch eager fp32" in line for line in out.splitlines())
     assert f"all targets passed; bundle: {packed.bundle}" in squash(out)
+    # long lines are not wrapped when stdout is not a terminal, so a log stays greppable
+    isa_line = next(line for line in out.splitlines() if line.startswith("x86 isa: "))
+    assert "Why:" in isa_line and "Saturation:" in isa_line and isa_line.rstrip().endswith(".")
     assert "Traceback" not in packed.run.stderr and "error" not in packed.run.stderr
 
 
@@ -61,7 +64,7 @@ def test_pack_reports_progress_on_stderr(packed):
 
 def test_pack_writes_a_complete_bundle(packed):
     files = sorted(str(p.relative_to(packed.bundle)) for p in packed.bundle.rglob("*") if p.is_file())
-    assert files == ["manifest.json", FP32, "report.html", "report.md", INT8]
+    assert files == ["manifest.json", "pack.log", FP32, "report.html", "report.md", INT8]
     assert not list(packed.bundle.parent.glob(".digits.*"))
     assert "digits" in (packed.bundle / "report.md").read_text()
 

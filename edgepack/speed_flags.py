@@ -1,0 +1,105 @@
+"""Flag an artifact meant for this host that runs slower than the fp32 ONNX it came from, and say why.
+
+The reason is measured: onnxruntime's profiler splits one artifact's run into time per op type,
+so the flag names the ops that stay float, the QuantizeLinear/DequantizeLinear and layout
+(Transpose/Reorder) work around the integer layers, and the integer kernels' own share.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.bench import ONNX_FP32
+from edgepack.bundle import artifact_entries
+from edgepack.isa import host_isa
+from edgepack.latency import make_batch
+
+INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                         "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GatherBlockQuantized"})
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+LAYOUT_OPS = frozenset({"Transpose", "ReorderInput", "ReorderOutput", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+PROFILED_RUNS = 10
+
+
+def op_time_shares(path: Path, feeds: dict[str, np.ndarray], *, threads: int) -> dict[str, float]:
+    """Share of kernel time per op type over PROFILED_RUNS runs of an ONNX model (after one warm-up)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-profile-") as folder:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        inputs = {node.name: feeds[node.name] for node in session.get_inputs()}
+        for _ in range(PROFILED_RUNS + 1):
+            session.run(None, inputs)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    times = Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            times[event["args"]["op_name"]] += event["dur"]
+    total = sum(times.values()) or 1
+    return {op: value / total for op, value in times.most_common()}
+
+
+def _kind(op: str) -> str:
+    if op in INTEGER_OPS:
+        return "integer kernels"
+    if op in QDQ_OPS:
+        return "quantize/dequantize"
+    if op in LAYOUT_OPS:
+        return "layout"
+    return "float ops"
+
+
+def explain(shares: dict[str, float]) -> str:
+    """One sentence: time by kind (integer, Q/DQ, layout, float) and the heaviest op types."""
+    kinds = Counter()
+    for op, share in shares.items():
+        kinds[_kind(op)] += share
+    top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:5])
+    split = ", ".join(f"{kind} {share:.0%}" for kind, share in kinds.most_common())
+    isa = host_isa()
+    hardware = ("" if isa.has_int32_dot_product or not isa.is_x86 else
+                "; this CPU has no VNNI/AMX, so its u8 x s8 kernels (vpmaddubsw + vpmaddwd) do little more work per "
+                "cycle than fp32 FMA and do not pay for the quantize/dequantize and layout work around small layers")
+    return f"kernel time: {split} (top ops: {top}){hardware}"
+
+
+def flag_slow_artifacts(manifest: dict, bundle: Path, arrays: dict[str, np.ndarray], *, threads: int,
+                        targets: frozenset[str]) -> None:
+    """Add `slower_than_fp32` to every artifact of `targets` whose latency at some batch size exceeds
+    the fp32 ONNX reference's in the same measurement (bench if present, else in-process)."""
+    reference_latency, latency_of = _latencies(manifest)
+    for name, item in artifact_entries(manifest):
+        if name not in targets or item["format"] != "onnx":
+            continue
+        latency = latency_of(item)
+        slower = [key for key in latency if key in reference_latency
+                  and latency[key]["median_ms"] > reference_latency[key]["median_ms"]]
+        if not slower:
+            continue
+        key = slower[-1]
+        feeds = make_batch(arrays, int(key.split("_")[1]))
+        item["slower_than_fp32"] = {
+            "batch": int(key.split("_")[1]),
+            "artifact_ms": latency[key]["median_ms"], "fp32_onnx_ms": reference_latency[key]["median_ms"],
+            "batches": [int(k.split("_")[1]) for k in slower],
+            "reason": explain(op_time_shares(bundle / item["path"], feeds, threads=threads)),
+        }
+
+
+def _latencies(manifest: dict):
+    """The fp32 ONNX reference's latency and a lookup of each artifact's, from one measurement."""
+    if "bench" in manifest:
+        rows = {row["name"]: row["latency"] for row in manifest["bench"]["rows"]}
+        return rows[ONNX_FP32], lambda item: rows.get(item["path"], item["latency"])
+    return manifest["source_model"]["reference_onnx_latency"], lambda item: item["latency"]
