@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE := examples/image_classifier
 RECOMMENDER := examples/recommender
 
-.PHONY: demo demo-recommender test bench clean
+.PHONY: demo demo-recommender test lint bench clean
 
 # torch is installed first and on its own, pinned to 2.13.0: that takes this machine's local CPU
 # wheel; letting pip resolve torch together with other packages can pull a multi-GB CUDA build.
@@ -36,7 +36,12 @@ $(RECOMMENDER)/artifacts/model.safetensors: | $(STAMP)
 demo-recommender: $(STAMP) $(RECOMMENDER)/artifacts/model.safetensors
 	$(VENV)/bin/edgepack pack $(RECOMMENDER)/recipe.yaml --out dist/recommender
 
-test: $(STAMP)
+# Lint (ruff: errors, style, import order) and type-check the typed core (mypy), then every test.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgepack tests bench examples
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP) $(EXAMPLE)/artifacts/model.safetensors $(RECOMMENDER)/artifacts/model.safetensors

@@ -43,12 +43,14 @@ def pruned_image_classifier(repeats: int) -> list[tuple]:
     accuracy = pruning["accuracy"]
     drop = 100 * (accuracy["float"] - accuracy["distilled"])
     return [
-        ("MACs removed (fraction)", pruning["macs"]["removed_fraction"], ">= 0.50", pruning["macs"]["removed_fraction"] >= 0.5),
+        ("MACs removed (fraction)", pruning["macs"]["removed_fraction"], ">= 0.50",
+         pruning["macs"]["removed_fraction"] >= 0.5),
         ("accuracy float → pruned → distilled (points of drop after)", drop, "<= 0.5", drop <= 0.5),
         ("  float accuracy", accuracy["float"], "(info)", True),
         ("  pruned accuracy before recovery", accuracy["pruned"], "(info)", True),
         ("  accuracy after distillation", accuracy["distilled"], "(info)", True),
-        (f"pruned fp32 ONNX speed-up vs unpruned, {large}", onnx_before / onnx_after, ">= 1.6", onnx_before / onnx_after >= 1.6),
+        (f"pruned fp32 ONNX speed-up vs unpruned, {large}", onnx_before / onnx_after, ">= 1.6",
+         onnx_before / onnx_after >= 1.6),
         ("float model size / pruned INT8 x86 size", smaller, ">= 8", smaller >= 8),
         (f"pruned INT8 x86 speed-up vs eager fp32, {large}", speedup, ">= 6", speedup >= 6),
         ("pruned INT8 x86 drift vs float: accuracy drop, points", artifact["metrics"]["accuracy_drop"], "(info)", True),
@@ -71,7 +73,8 @@ def recovery_comparison(epochs: int = 5) -> list[tuple]:
 
     fixed = recipe.distill.model_copy(update={"epochs": epochs, "patience": epochs + 1, "time_budget_s": 3600})
     rows = [("recovery: none", accuracy(student), "(info)", True)]
-    for label, alpha in (("recovery: label fine-tuning (alpha 0)", 0.0), ("recovery: distillation (alpha 0.9, T 4)", 0.9)):
+    for label, alpha in (("recovery: label fine-tuning (alpha 0)", 0.0),
+                         ("recovery: distillation (alpha 0.9, T 4)", 0.9)):
         candidate = copy.deepcopy(student)
         started = time.perf_counter()
         distill(candidate, teacher, {"image": data["train"]["image"]}, data["train"]["label"], ["image"],

@@ -35,7 +35,8 @@ def recommender(repeats: int) -> list[tuple]:
             (f"{bits}-bit tables: x86 size / fp32 ONNX (tables included)", ratio, f"<= {size_target}",
              ratio <= size_target),
             (f"{bits}-bit tables: embedding bytes after / before", table_ratio, "(info)", True),
-            (f"{bits}-bit tables: AUC drop", metrics["auc_drop"], f"<= {auc_target}", metrics["auc_drop"] <= auc_target),
+            (f"{bits}-bit tables: AUC drop", metrics["auc_drop"], f"<= {auc_target}",
+             metrics["auc_drop"] <= auc_target),
             (f"{bits}-bit tables: NDCG@10 relative drop", metrics["ndcg_relative_drop"], "<= 0.01",
              bits == 4 or metrics["ndcg_relative_drop"] <= 0.01),
             (f"{bits}-bit tables: worst segment AUC drop",
@@ -44,7 +45,8 @@ def recommender(repeats: int) -> list[tuple]:
         ]
         if "arm-tflite" in manifest["targets"]:
             tflite = manifest["targets"]["arm-tflite"]["artifacts"][0]
-            rows += [(f"{bits}-bit tables: arm-tflite size / fp32 ONNX", tflite["size_ratio_vs_fp32_onnx"], "(info)", True),
+            rows += [(f"{bits}-bit tables: arm-tflite size / fp32 ONNX", tflite["size_ratio_vs_fp32_onnx"],
+                      "(info)", True),
                      (f"{bits}-bit tables: arm-tflite AUC drop", tflite["metrics"]["auc_drop"], f"<= {auc_target}",
                       tflite["metrics"]["auc_drop"] <= auc_target)]
     rows.append(("float AUC / NDCG@10", manifest["source_model"]["metrics"]["auc"], "(info)", True))

@@ -22,8 +22,8 @@ from edgepack.manifest import machine_facts
 from edgepack.pipeline import pack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
 from isa import isa_schemes  # noqa: E402
+from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
 from recommender import pruned_recommender, recommender  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +53,13 @@ def image_classifier(repeats: int) -> tuple[list[tuple], dict]:
     drift = max(abs(a["latency"][large]["median_ms"] / b["latency"][large]["median_ms"] - 1)
                 for a, b in zip(first["rows"], second["rows"]))
     rows = [
-        ("x86 INT8 size / fp32 ONNX size", x86["size_ratio_vs_fp32_onnx"], "<= 0.30", x86["size_ratio_vs_fp32_onnx"] <= 0.30),
+        ("x86 INT8 size / fp32 ONNX size", x86["size_ratio_vs_fp32_onnx"], "<= 0.30",
+         x86["size_ratio_vs_fp32_onnx"] <= 0.30),
         (f"x86 INT8 speed-up vs eager fp32, {large}", x86_bench["speedup_vs_eager"][large], ">= 4.0",
          x86_bench["speedup_vs_eager"][large] >= 4.0),
         ("x86 INT8 speed-up vs eager fp32, batch_1", x86_bench["speedup_vs_eager"]["batch_1"], "(info)", True),
-        ("x86 INT8 accuracy drop, points", x86["metrics"]["accuracy_drop"], "<= 0.3", x86["metrics"]["accuracy_drop"] <= 0.3),
+        ("x86 INT8 accuracy drop, points", x86["metrics"]["accuracy_drop"], "<= 0.3",
+         x86["metrics"]["accuracy_drop"] <= 0.3),
         ("x86 INT8 top-1 agreement", x86["metrics"]["top1_agreement"], "(info)", True),
         ("bench repeatability: max |run1/run2 - 1|, " + large, drift, "<= 0.10", drift <= 0.10),
         ("edgepack pack wall time incl. bench, s", wall, "<= 60", wall <= 60),
@@ -65,7 +67,8 @@ def image_classifier(repeats: int) -> tuple[list[tuple], dict]:
     for target in ("cuda",):
         for artifact in manifest["targets"][target]["artifacts"]:
             rows.append((f"{artifact['path']} size / fp32 ONNX", artifact["size_ratio_vs_fp32_onnx"], "(info)", True))
-            rows.append((f"{artifact['path']} accuracy drop, points", artifact["metrics"]["accuracy_drop"], "(info)", True))
+            rows.append((f"{artifact['path']} accuracy drop, points", artifact["metrics"]["accuracy_drop"],
+                         "(info)", True))
     medians = {row["name"]: [run_row["latency"][large]["median_ms"] for run_row in (row, _row(second, row["name"]))]
                for row in first["rows"]}
     return rows, {"medians_ms_run1_run2": medians, "batch": large, "eager": EAGER,

@@ -12,13 +12,14 @@ from typing import Optional
 import numpy as np
 
 from edgepack.bench_worker import run
-from edgepack.bundle import artifact_entries, read_manifest, write_bundle_documents
+from edgepack.bundle import read_manifest
 from edgepack.calibration.dataset import load_sample_set
 from edgepack.config import DataSource, InputSpec
+from edgepack.documents import write_bundle_documents
 from edgepack.errors import EdgepackError
 from edgepack.latency import make_batch
+from edgepack.manifest import artifact_entries
 from edgepack.progress import Progress, SilentProgress
-
 
 EAGER = "float (PyTorch eager fp32)"
 
@@ -62,7 +63,8 @@ def _jobs(bundle: Path, manifest: dict) -> list[tuple[str, str, dict]]:
     jobs.append((ONNX_FP32, "baseline",
                  {"kind": "onnx", "path": str(bundle / manifest["reference"]["path"])}))
     for name, artifact in artifact_entries(manifest):
-        jobs.append((artifact["path"], name, {"kind": "artifact", "target": name, "path": str(bundle / artifact["path"])}))
+        jobs.append((artifact["path"], name,
+                     {"kind": "artifact", "target": name, "path": str(bundle / artifact["path"])}))
     return jobs
 
 
@@ -82,7 +84,8 @@ def bench_bundle(bundle: Path, settings: BenchSettings = BenchSettings(), *, dat
     context = multiprocessing.get_context("spawn")
     for name, group, job in _jobs(bundle, manifest):
         job.update(batches=batches, warmup=settings.warmup, repeats=settings.repeats, threads=settings.threads)
-        with progress.step(f"bench: {name}"), concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with (progress.step(f"bench: {name}"),
+              concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool):
             try:
                 measured = pool.submit(run, job).result()
             except EdgepackError:

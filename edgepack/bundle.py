@@ -1,4 +1,4 @@
-"""Bundles: built in a staging directory and moved into place only when complete."""
+"""Bundle files: built in a staging directory and moved into place only when complete; checksums."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edgepack.errors import ConfigError, VerificationError
+from pydantic import ValidationError
 
-SCHEMA_VERSION = 1
+from edgepack.errors import ConfigError, VerificationError
+from edgepack.manifest import iter_files
+from edgepack.manifest_model import SCHEMA_VERSION, Manifest
+
 MANIFEST = "manifest.json"
 REPORT = "report.md"
 REPORT_HTML = "report.html"
@@ -63,34 +66,35 @@ def staging(destination: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def write_bundle_documents(bundle: Path, manifest: dict) -> None:
-    """Write manifest.json, report.md and report.html, each replaced atomically."""
-    from edgepack.report import render_markdown
-    from edgepack.report_html import render_html
-
-    documents = {MANIFEST: json.dumps(manifest, indent=2) + "\n", REPORT: render_markdown(manifest),
-                 REPORT_HTML: render_html(manifest)}
-    for name, text in documents.items():
-        temporary = Path(bundle) / f".{name}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, Path(bundle) / name)
-
-
 def read_manifest(bundle: Path) -> dict:
-    """The bundle's manifest, with a clear error when it is missing or unreadable."""
+    """The bundle's manifest, validated against the typed model (edgepack.manifest_model); a clear
+    error naming the field when it is missing, unreadable, of another schema or malformed."""
+    return open_manifest(bundle).to_json_dict()
+
+
+def open_manifest(bundle: Path) -> Manifest:
+    """The bundle's manifest as a typed, validated Manifest."""
     path = Path(bundle) / MANIFEST
     if not Path(bundle).is_dir():
         raise VerificationError(f"{bundle}: bundle directory does not exist")
     if not path.is_file():
         raise VerificationError(f"{bundle}: not an edgepack bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise VerificationError(f"{path}: unreadable manifest: {exc}") from exc
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise VerificationError(f"{path}: schema_version {manifest.get('schema_version')!r} is not supported "
-                                f"(this edgepack reads {SCHEMA_VERSION})")
-    return manifest
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise VerificationError(f"{path}: schema_version {version!r} is not supported "
+                                f"(this edgepack reads {SCHEMA_VERSION}; re-pack the bundle)")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise VerificationError(f"{path}: malformed manifest: {where}: {first['msg']}"
+                                + (f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else "")
+                                ) from exc
 
 
 def check_checksums(bundle: Path, manifest: dict) -> list[str]:
@@ -106,20 +110,3 @@ def check_checksums(bundle: Path, manifest: dict) -> list[str]:
         elif path.stat().st_size != entry["size_bytes"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: checksum mismatch (file changed since packing)")
     return problems
-
-
-def artifact_entries(manifest: dict) -> list[tuple[str, dict]]:
-    """(target name, artifact entry) for every artifact the manifest lists."""
-    return [(name, item) for name, target in manifest["targets"].items() for item in target.get("artifacts", [])]
-
-
-def validation_notes(manifest: dict) -> list[str]:
-    """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""
-    return sorted({item["structure"].get("validation") for _, item in artifact_entries(manifest)} - {None})
-
-
-def iter_files(manifest: dict) -> Iterator[dict]:
-    """Manifest entries that describe files: the reference model and every artifact."""
-    yield manifest["reference"]
-    yield from manifest.get("pruning", {}).get("files", [])
-    yield from (item for _, item in artifact_entries(manifest))

@@ -56,7 +56,8 @@ def main(debug: bool, verbose: bool) -> None:
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Bundle directory (overrides the recipe).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Bundle directory (overrides the recipe).")
 @click.option("--target", "targets", multiple=True, help="Build only this target (repeatable; overrides the recipe).")
 @click.option("--dump-config", is_flag=True, help="Print the validated recipe with defaults filled in, then exit.")
 @click.option("--no-bench", is_flag=True, help="Skip the isolated-process benchmark (latency in the manifest "
@@ -83,7 +84,8 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (overrides the recipe).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Output directory (overrides the recipe).")
 @_handle_errors
 def prune(recipe: Path, out: Path | None) -> None:
     """Prune (and distill) RECIPE's model only: writes the pruned model, its fp32 ONNX and the report."""
@@ -124,7 +126,8 @@ def verify(bundle: Path, data: Path, labels: str | None, threads: int) -> None:
 @click.option("--threads", default=2, show_default=True, help="Intra-op threads for every runtime.")
 @click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
               help="Input data (default: the recipe's evaluation data, else seeded random data).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write the figures here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the figures here.")
 @_handle_errors
 def bench(bundle: Path, batch_size: int, warmup: int, repeats: int, threads: int, data: Path | None,
           json_path: Path | None) -> None:

@@ -13,10 +13,18 @@ import torch
 from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.distill import SELECTION, DistillReport, distill, label_loss, top1
-from edgepack.progress import Progress
 from edgepack.lowrank import factorize
-from edgepack.prune import (PruneResult, as_tensors, count, output_heads, prune_model, reload_and_check, save_pruned,
-                            unpruned)
+from edgepack.progress import Progress
+from edgepack.prune import (
+    PruneResult,
+    as_tensors,
+    count,
+    output_heads,
+    prune_model,
+    reload_and_check,
+    save_pruned,
+    unpruned,
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,8 @@ def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluatio
     factorized = []
     if recipe.lowrank is not None:
         with progress.step(f"factorizing Linear layers (SVD, {recipe.lowrank.energy:.0%} energy)"):
-            heads = {name for name, layer in pruned.module.named_modules() if layer in output_heads(pruned.module, example)}
+            heads = {name for name, layer in pruned.module.named_modules()
+                     if layer in output_heads(pruned.module, example)}
             factorized = factorize(pruned.module, energy=recipe.lowrank.energy,
                                    min_features=recipe.lowrank.min_features, keep=heads)
     stage = "pruned" if recipe.prune is not None else "compressed"

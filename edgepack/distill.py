@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -40,7 +40,10 @@ def split(arrays: dict[str, np.ndarray], labels: Optional[np.ndarray], fraction:
     count = len(next(iter(arrays.values())))
     order = np.random.default_rng(seed).permutation(count)
     cut = max(1, int(round(count * fraction)))
-    pick = lambda index: ({k: v[index] for k, v in arrays.items()}, None if labels is None else labels[index])
+
+    def pick(index):
+        return ({k: v[index] for k, v in arrays.items()}, None if labels is None else labels[index])
+
     return pick(order[cut:]), pick(order[:cut])
 
 
@@ -132,13 +135,15 @@ def _validation_score(student, teacher_logits, inputs, labels) -> tuple[float, f
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
-            input_names: list[str], config, *, seed: int = 0,
-            on_epoch: Optional[Callable[[int, dict], None]] = None) -> DistillReport:
+            input_names: list[str], config, *, seed: int = 0) -> DistillReport:
     """Train `student` in place from `teacher`; restores the best validation epoch's weights."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     (train, train_labels), (valid, valid_labels) = split(data, labels, config.validation_fraction, seed)
-    as_inputs = lambda arrays: tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in input_names)
+
+    def as_inputs(arrays):
+        return tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in input_names)
+
     train_inputs, valid_inputs = as_inputs(train), as_inputs(valid)
     train_y = None if train_labels is None or config.alpha >= 1.0 else torch.from_numpy(train_labels)
     valid_y = None if valid_labels is None else torch.from_numpy(valid_labels)
@@ -153,7 +158,10 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
         projections.extend(_projection(s.value, t.value) for s, t in taps)
     optimizer = torch.optim.Adam(list(student.parameters()) + list(projections.parameters()), lr=config.lr)
     temperature = config.temperature
-    score_of = lambda: _validation_score(student, teacher_valid, valid_inputs, valid_y)
+
+    def score_of():
+        return _validation_score(student, teacher_valid, valid_inputs, valid_y)
+
     best = (score_of(), 0, copy.deepcopy(student.state_dict()))
     history, started, stopped, epoch = [], time.perf_counter(), "epochs done", 0
     for epoch in range(1, config.epochs + 1):
@@ -177,8 +185,6 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
         record = {"epoch": epoch, "loss": total / len(train_inputs[0]), "validation": score[1],
                   "validation_kl": -score[0]}
         history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, record)
         if score > best[0]:
             best = (score, epoch, copy.deepcopy(student.state_dict()))
         if epoch - best[1] >= config.patience and epoch < config.epochs:

@@ -52,9 +52,3 @@ class PruningError(EdgepackError):
 
 class VerificationError(EdgepackError):
     """A bundle failed its integrity checks (checksums, missing files)."""
-
-
-class DriftExceeded(EdgepackError):
-    """At least one target's measured drift is over the recipe's budget."""
-
-    exit_code = EXIT_DRIFT

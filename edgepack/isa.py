@@ -59,7 +59,7 @@ class HostIsa:
 
 def parse_cpuinfo(text: str, machine: str) -> HostIsa:
     """HostIsa from the text of /proc/cpuinfo (x86 'flags' or ARM 'Features' lines)."""
-    cpu, flags = "", set()
+    cpu, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

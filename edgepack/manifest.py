@@ -6,10 +6,11 @@ import datetime as dt
 import os
 import platform
 from importlib import metadata
+from typing import Iterator
 
 from edgepack import __version__
-from edgepack.bundle import SCHEMA_VERSION
 from edgepack.isa import host_isa
+from edgepack.manifest_model import SCHEMA_VERSION
 
 TOOLCHAIN_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "numpy", "safetensors")
 
@@ -78,7 +79,8 @@ def build_manifest(recipe, *, source: dict, reference: dict, targets, calibratio
         },
         "calibration": {"method": recipe.calibration.method.model_dump(), "source": calibration.source,
                         "samples_available_after_selection": calibration.num_samples,
-                        "samples_used": calibration.used_samples(equal_only=recipe.calibration.method.needs_equal_batches),
+                        "samples_used": calibration.used_samples(
+                            equal_only=recipe.calibration.method.needs_equal_batches),
                         "batch_size": calibration.batch_size, "seed": recipe.calibration.seed,
                         "sha256": calibration.sha256},
         "evaluation": {"source": evaluation.source, "samples": evaluation.num_samples, "sha256": evaluation.sha256,
@@ -90,3 +92,20 @@ def build_manifest(recipe, *, source: dict, reference: dict, targets, calibratio
         "recipe": recipe.model_dump(mode="json"),
         "recipe_dir": str(recipe.base_dir),
     }
+
+
+def artifact_entries(manifest: dict) -> list[tuple[str, dict]]:
+    """(target name, artifact entry) for every artifact the manifest lists."""
+    return [(name, item) for name, target in manifest["targets"].items() for item in target.get("artifacts", [])]
+
+
+def validation_notes(manifest: dict) -> list[str]:
+    """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""
+    return sorted({item["structure"].get("validation") for _, item in artifact_entries(manifest)} - {None})
+
+
+def iter_files(manifest: dict) -> Iterator[dict]:
+    """Manifest entries that describe files: the reference model and every artifact."""
+    yield manifest["reference"]
+    yield from manifest.get("pruning", {}).get("files", [])
+    yield from (item for _, item in artifact_entries(manifest))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 from edgepack.calibration.ranges import compute_ranges, ort_method
 from edgepack.embedding_quant import quantize_tables
@@ -66,9 +67,8 @@ def narrow_input_convs(model_path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class QuantizationOutcome:
-    """Activation ranges used and the nodes deliberately left in float."""
+    """The nodes deliberately left in float and the embedding tables quantized per row."""
 
-    ranges: dict[str, tuple[float, float]]
     float_nodes: tuple[str, ...]
     tables: tuple[dict, ...] = ()
 
@@ -83,15 +83,23 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     prepared = scratch / "prepared.onnx"
     cache = scratch / "calibration_cache.json"
+    # Weight schemes of one target share the prepared graph and the activation ranges: reuse them.
+    key = json.dumps([str(float_path), settings.embedding_bits, method.model_dump(), list(input_names)])
+    memo = scratch / "prepared.json"
     with _quiet():
-        try:
-            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        except Exception as exc:
-            raise ExportError(f"onnxruntime pre-processing failed: {type(exc).__name__}: {exc}") from exc
-        tables, float_nodes = [], []
-        if settings.embedding_bits is not None:
-            tables, float_nodes = quantize_tables(prepared, bits=settings.embedding_bits)
-        ranges = compute_ranges(prepared, calibration, input_names, method, cache)
+        if memo.is_file() and json.loads(memo.read_text())["key"] == key:
+            tables, float_nodes = (json.loads(memo.read_text())[name] for name in ("tables", "float_nodes"))
+        else:
+            try:
+                quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+            except Exception as exc:
+                raise ExportError(f"onnxruntime pre-processing failed: {type(exc).__name__}: {exc}") from exc
+            tables, float_nodes = [], []
+            if settings.embedding_bits is not None:
+                tables, float_nodes = quantize_tables(prepared, bits=settings.embedding_bits)
+            compute_ranges(prepared, calibration, input_names, method, cache)
+            memo.write_text(json.dumps({"key": key, "tables": tables, "float_nodes": float_nodes}))
+        float_nodes = list(float_nodes)
         if settings.keep_input_convs_float:
             float_nodes += narrow_input_convs(prepared)
         extra_options = {"ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True}
@@ -111,7 +119,7 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
             )
         except Exception as exc:
             raise ExportError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc
-    return QuantizationOutcome(ranges=ranges, float_nodes=tuple(float_nodes), tables=tuple(tables))
+    return QuantizationOutcome(float_nodes=tuple(float_nodes), tables=tuple(tables))
 
 
 @contextlib.contextmanager

@@ -11,12 +11,14 @@ from typing import Optional
 
 import numpy as np
 
+from edgepack import tasks
 from edgepack.bag_rewrite import rewrite_embedding_bags
 from edgepack.bench import BenchSettings, bench_bundle
-from edgepack.bundle import sha256_file, staging, write_bundle_documents
+from edgepack.bundle import sha256_file, staging
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.capture import LOG_NAME
 from edgepack.compress import compress, compression_manifest, save_compressed
+from edgepack.documents import write_bundle_documents
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
 from edgepack.isa import host_isa
 from edgepack.latency import measure_batches
@@ -28,7 +30,6 @@ from edgepack.registry import get_target
 from edgepack.runners import OrtRunner, TorchRunner
 from edgepack.speed_flags import flag_slow_artifacts
 from edgepack.targets.base import Artifact, ExportContext, Target
-from edgepack import tasks
 from edgepack.verify import DriftReport, check_budget, collect_outputs
 
 REFERENCE_DIR = "reference"
@@ -211,7 +212,8 @@ def _float_runner(loaded: LoadedModel, recipe, reference_path: Path):
     return OrtRunner(reference_path, threads=recipe.latency.threads), "onnxruntime fp32"
 
 
-def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet, reference_path: Path) -> tuple[dict, np.ndarray]:
+def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet,
+                    reference_path: Path) -> tuple[dict, np.ndarray]:
     """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
     runner, runtime = _float_runner(loaded, recipe, reference_path)
     outputs = collect_outputs(runner, evaluation)

@@ -124,7 +124,10 @@ def ranking_metrics(groups, labels, scores, k: int) -> dict:
     _, ideal_positions = _group_positions(g, y)  # the best possible order: by grade
     count = int(inverse.max()) + 1 if len(inverse) else 0
     gains, relevant = np.exp2(y) - 1.0, (y > 0).astype(np.float64)
-    discount = lambda at: (at < k) / np.log2(at + 2.0)
+
+    def discount(at):
+        return (at < k) / np.log2(at + 2.0)
+
     dcg = np.bincount(inverse, weights=gains * discount(positions), minlength=count)
     ideal = np.bincount(inverse, weights=gains * discount(ideal_positions), minlength=count)
     hits = np.bincount(inverse, weights=relevant * (positions < k), minlength=count)

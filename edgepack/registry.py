@@ -17,10 +17,10 @@ ENTRY_POINT_GROUP = "edgepack.targets"
 
 # name -> "module:Class"; modules are imported only when the target is used.
 BUILTIN_TARGETS = {
-    "x86": "edgepack.targets.onnx_x86:X86Target",
-    "cuda": "edgepack.targets.onnx_cuda:CudaTarget",
-    "arm-tflite": "edgepack.targets.tflite_arm:TfliteArmTarget",
-    "arm-xnnpack": "edgepack.targets.xnnpack_arm:XnnpackArmTarget",
+    "x86": "edgepack.targets.x86.target:X86Target",
+    "cuda": "edgepack.targets.cuda.target:CudaTarget",
+    "arm-tflite": "edgepack.targets.arm_tflite.target:TfliteArmTarget",
+    "arm-xnnpack": "edgepack.targets.arm_xnnpack.target:XnnpackArmTarget",
 }
 
 
@@ -31,7 +31,8 @@ def target_table() -> dict[str, str]:
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in table:
             raise ConfigError(
-                f"target name '{entry.name}' from entry point {entry.value} is already registered by {table[entry.name]}"
+                f"target name '{entry.name}' from entry point {entry.value} "
+                f"is already registered by {table[entry.name]}"
             )
         table[entry.name] = entry.value
     return table

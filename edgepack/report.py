@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgepack import tasks
-from edgepack.bundle import artifact_entries, validation_notes
+from edgepack.manifest import artifact_entries, validation_notes
 
 
 def _mb(size: int) -> str:
@@ -32,9 +32,11 @@ def render_markdown(manifest: dict) -> str:
     if "pruning" in manifest:
         lines += ["", *_pruning_lines(manifest["pruning"]), ""]
     lines += [f"- latency ({source['runtime']}): {_latency(source['latency'])}",
-              f"- fp32 ONNX reference: {_mb(reference['size_bytes'])}, latency {_latency(source['reference_onnx_latency'])}",
+              f"- fp32 ONNX reference: {_mb(reference['size_bytes'])}, "
+              f"latency {_latency(source['reference_onnx_latency'])}",
               "", "## Artifacts", "",
-              "| target | artifact | size | vs fp32 ONNX | " + " | ".join(c[0] for c in drift_columns) + " | latency | verdict |",
+              "| target | artifact | size | vs fp32 ONNX | " + " | ".join(c[0] for c in drift_columns)
+              + " | latency | verdict |",
               "|---|---|---|---|" + "---|" * len(drift_columns) + "---|---|"]
     failures = []
     for name, target in manifest["targets"].items():
@@ -79,7 +81,8 @@ def embedding_table_rows(manifest: dict) -> list[list[str]]:
     lookups, bytes before -> after, measured max error against its bound."""
     return [[item["path"], table["table"], f"{table['rows']} x {table['dim']}", f"{table['bits']}-bit",
              table["scales"], str(table.get("lookups", 1)),
-             f"{table['bytes_before']:,} → {table['bytes_after']:,} ({table['bytes_after'] / table['bytes_before']:.3f})",
+             f"{table['bytes_before']:,} → {table['bytes_after']:,} "
+             f"({table['bytes_after'] / table['bytes_before']:.3f})",
              f"{table['max_abs_error']:.2e} ≤ {table['error_bound']:.2e}"]
             for _, item in artifact_entries(manifest) for table in item["structure"].get("embedding_tables", [])]
 
@@ -155,7 +158,8 @@ def validation_rows(manifest: dict) -> list[list[str]]:
         if where is None:
             continue
         rows.append([item["path"], f"{where['cpu']} ({where['machine']}; {' '.join(where['isa']) or 'no tracked ISA'})",
-                     f"{where['runtime']} {where['runtime_version']}", where["execution_provider"], where["arithmetic"]])
+                     f"{where['runtime']} {where['runtime_version']}", where["execution_provider"],
+                     where["arithmetic"]])
     return rows
 
 

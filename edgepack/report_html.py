@@ -7,9 +7,15 @@ import html
 import io
 
 from edgepack import tasks
-from edgepack.bundle import artifact_entries, validation_notes
-from edgepack.report import (EMBEDDING_HEADERS, VALIDATION_HEADERS, embedding_table_rows, isa_lines,
-                             speed_flag_lines, validation_rows)
+from edgepack.manifest import artifact_entries, validation_notes
+from edgepack.report import (
+    EMBEDDING_HEADERS,
+    VALIDATION_HEADERS,
+    embedding_table_rows,
+    isa_lines,
+    speed_flag_lines,
+    validation_rows,
+)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -160,9 +166,11 @@ def _compression(manifest: dict) -> str:
     for name, item in artifact_entries(manifest):
         structure = item["structure"]
         ops = structure.get("op_counts", {})
-        by_dtype = ", ".join(f"{k} {v / 1e3:.1f} kB" for k, v in structure.get("initializer_bytes_by_dtype", {}).items())
+        by_dtype = ", ".join(f"{k} {v / 1e3:.1f} kB"
+                             for k, v in structure.get("initializer_bytes_by_dtype", {}).items())
         rows.append([_e(name), f"<code>{_e(item['path'])}</code>", str(ops.get("QuantizeLinear", 0)),
-                     str(ops.get("DequantizeLinear", 0)), _e(by_dtype), _e(", ".join(structure.get("float_nodes", [])) or "—")])
+                     str(ops.get("DequantizeLinear", 0)), _e(by_dtype),
+                     _e(", ".join(structure.get("float_nodes", [])) or "—")])
     lines.append(_table(["target", "artifact", "QuantizeLinear", "DequantizeLinear", "weights by dtype",
                          "nodes kept float"], rows, left=2))
     tables = embedding_table_rows(manifest)

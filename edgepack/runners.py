@@ -49,7 +49,7 @@ class TorchRunner:
 
 
 def ort_session(model: Path | bytes, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                disable_weight_requant: bool = False, fake_quant: bool = False):
+                fake_quant: bool = False):
     """An onnxruntime session with a fixed thread count on the first available of `providers`.
 
     With `fake_quant`, QuantizeLinear/DequantizeLinear pairs stay unfused, so every op runs in float
@@ -63,9 +63,6 @@ def ort_session(model: Path | bytes, *, threads: int, providers: tuple[str, ...]
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    if disable_weight_requant:
-        # ORT would otherwise quantize float Conv/Gemm weights fed by DequantizeLinear (see STACK.md).
-        options.add_session_config_entry("optimization.disable_specified_optimizers", "WeightBiasQuantization")
     if fake_quant:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     available = set(ort.get_available_providers())

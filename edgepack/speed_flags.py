@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.bench import ONNX_FP32
-from edgepack.bundle import artifact_entries
 from edgepack.isa import host_isa
 from edgepack.latency import make_batch
+from edgepack.manifest import artifact_entries
 
 INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
                          "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GatherBlockQuantized"})
@@ -42,7 +42,7 @@ def op_time_shares(path: Path, feeds: dict[str, np.ndarray], *, threads: int) ->
         for _ in range(PROFILED_RUNS + 1):
             session.run(None, inputs)
         events = json.loads(Path(session.end_profiling()).read_text())
-    times = Counter()
+    times: Counter[str] = Counter()
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             times[event["args"]["op_name"]] += event["dur"]
@@ -62,11 +62,11 @@ def _kind(op: str) -> str:
 
 def explain(shares: dict[str, float]) -> str:
     """One sentence: time by kind (integer, Q/DQ, layout, float) and the heaviest op types."""
-    kinds = Counter()
+    kinds: dict[str, float] = {}
     for op, share in shares.items():
-        kinds[_kind(op)] += share
+        kinds[_kind(op)] = kinds.get(_kind(op), 0.0) + share
     top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:5])
-    split = ", ".join(f"{kind} {share:.0%}" for kind, share in kinds.most_common())
+    split = ", ".join(f"{kind} {share:.0%}" for kind, share in sorted(kinds.items(), key=lambda item: -item[1]))
     isa = host_isa()
     hardware = ("" if isa.has_int32_dot_product or not isa.is_x86 else
                 "; this CPU has no VNNI/AMX, so its u8 x s8 kernels (vpmaddubsw + vpmaddwd) do little more work per "

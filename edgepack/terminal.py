@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgepack import tasks
-from edgepack.bundle import artifact_entries, validation_notes
+from edgepack.manifest import artifact_entries, validation_notes
 from edgepack.report import isa_lines, speed_flag_lines, validation_rows
 
 IN_PROCESS = "measured in the pack process"
@@ -151,9 +151,9 @@ def render_bench(figures: dict) -> None:
                       f"{row['size_vs_eager']:.2f}x" if "size_vs_eager" in row else "—",
                       f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "—")
     out.print(table)
-    out.print(f"median of {settings['repeats']} runs after {settings['warmup']} warm-up, {settings['threads']} threads, "
-              f"{settings.get('isolation', '')}; data: {settings['data']}. Latency on CPUExecutionProvider is "
-              "CPU latency, never GPU latency.")
+    out.print(f"median of {settings['repeats']} runs after {settings['warmup']} warm-up, "
+              f"{settings['threads']} threads, {settings.get('isolation', '')}; data: {settings['data']}. "
+              "Latency on CPUExecutionProvider is CPU latency, never GPU latency.")
 
 
 def render_pruning(pruning: dict, *, large: str) -> None:
@@ -171,14 +171,17 @@ def render_pruning(pruning: dict, *, large: str) -> None:
     out.print(table)
     out.print(f"{pruning.get('quality_metric', 'accuracy')} on held-out data: "
               + " → ".join(f"{k} {v:.4f}" for k, v in pruning["accuracy"].items()))
-    out.print("layer widths: " + ", ".join(f"{name} {w['before']}→{w['after']}" for name, w in pruning["layers"].items()))
+    out.print("layer widths: "
+              + ", ".join(f"{name} {w['before']}→{w['after']}" for name, w in pruning["layers"].items()))
     checked = sum(1 for check in pruning["self_check"] if check["checked"])
     out.print(f"self-check: {checked} of {len(pruning['self_check'])} layer groups verified exact "
-              f"(max relative difference {max((c['max_relative_difference'] for c in pruning['self_check']), default=0):.1e})")
+              f"(max relative difference "
+              f"{max((c['max_relative_difference'] for c in pruning['self_check']), default=0):.1e})")
     for layer in pruning.get("lowrank", []):
         verdict = f"rank {layer['rank']}" if layer["factorized"] else f"kept (rank {layer['rank']} would not save)"
         out.print(f"low-rank: {layer['layer']} {layer['in']}→{layer['out']}: {verdict}, "
-                  f"params {layer['params_before']:,}→{layer['params_after'] if layer['factorized'] else layer['params_before']:,}")
+                  f"params {layer['params_before']:,}→"
+                  f"{layer['params_after'] if layer['factorized'] else layer['params_before']:,}")
     for note in pruning["notes"]:
         out.print(f"note: {note}")
     if "distillation" in pruning:

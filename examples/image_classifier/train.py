@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from model import build_model
 from safetensors.torch import save_file
 from torch import nn
-
-from model import build_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from safetensors.torch import load_file
-
 from data import INPUTS
 from model import build_model
+from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-from torch import nn
-
 from data import INPUTS, build
 from model import build_model
+from safetensors.torch import save_file
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
 BATCH = 256

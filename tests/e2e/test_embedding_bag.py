@@ -92,7 +92,8 @@ def _pack(tmp_path, monkeypatch, source: str, module: str, factory: str, **chang
 
     np.savez(tmp_path / "calib.npz", **rows(400))
     np.savez(tmp_path / "eval.npz", **rows(2000))
-    recipe = {"name": module, "task": "ctr", "model": {"factory": f"{module}:{factory}", "weights": "model.safetensors"},
+    recipe = {"name": module, "task": "ctr",
+              "model": {"factory": f"{module}:{factory}", "weights": "model.safetensors"},
               "inputs": [{"name": "item_id", "dtype": "int64", "shape": ["batch"], "range": [0, 200]},
                          {"name": "tags", "dtype": "int64", "shape": ["batch", 4], "range": [0, 50]}],
               "calibration": {"path": "calib.npz", "samples": 400, "batch_size": 100},

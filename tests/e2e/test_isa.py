@@ -13,9 +13,9 @@ from edgepack.cli import main
 from edgepack.errors import EXIT_OK
 from edgepack.isa import HostIsa, host_isa
 from edgepack.saturation import integer_layers, weight_bound
-from edgepack.targets.onnx_cuda import TENSORRT_EMULATION
-from edgepack.targets.onnx_x86 import REQUIRES_KEY, VNNI_EMULATION, required_isa
-from edgepack.targets.x86_portable import SCHEMES
+from edgepack.targets.cuda.target import TENSORRT_EMULATION
+from edgepack.targets.x86.portable import SCHEMES
+from edgepack.targets.x86.target import REQUIRES_KEY, VNNI_EMULATION, required_isa
 from tests.e2e.conftest import pack_example
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +71,8 @@ def test_vnni_artifact_records_its_requirement(vnni_bundle):
     assert required_isa(vnni_bundle.bundle / artifact["path"]) == sorted(isa["requires_isa"])
     model = onnx.load(str(vnni_bundle.bundle / artifact["path"]))
     assert any(prop.key == REQUIRES_KEY for prop in model.metadata_props)
-    weights = [numpy_helper.to_array(init) for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8]
+    weights = [numpy_helper.to_array(init) for init in model.graph.initializer
+               if init.data_type == onnx.TensorProto.INT8]
     assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) > 64  # full 8-bit weights
     assert "data_check" in isa["saturation"]
     expected = "int32 dot products" if host_isa().has_int32_dot_product else VNNI_EMULATION

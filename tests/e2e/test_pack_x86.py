@@ -33,7 +33,7 @@ def test_bundle_layout_and_checksums(packed):
 
 def test_manifest_records_what_an_app_developer_needs(packed):
     manifest = packed.manifest
-    assert manifest["schema_version"] == 1 and manifest["name"] == "digits" and manifest["task"] == "classification"
+    assert manifest["schema_version"] == 2 and manifest["name"] == "digits" and manifest["task"] == "classification"
     source = manifest["source_model"]
     assert source["params"] > 100_000 and source["macs"] > source["params"] and source["size_bytes"] > 0
     assert 0.9 < source["metrics"]["accuracy"] <= 1.0

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-from edgepack.targets.tflite_arm import TfliteRunner, dequantize, quantize  # noqa: E402
+from edgepack.targets.arm_tflite.runner import TfliteRunner, dequantize, quantize  # noqa: E402
 from tests.targets.contract import TargetContract  # noqa: E402
 
 

@@ -18,9 +18,11 @@ class TestX86(TargetContract):
         constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
         # the portable default stores weights as int8 (7-bit where kernels add pairs) or uint8 (U8U8)
         weight_dtype = "uint8" if artifact.details["isa"]["weights"] == "uint8" else "int8"
-        int_weights = [name for name, value in constants.items() if value.dtype.name == weight_dtype and value.ndim >= 2]
+        int_weights = [name for name, value in constants.items()
+                       if value.dtype.name == weight_dtype and value.ndim >= 2]
         assert len(int_weights) >= 5, f"conv and linear weights must be stored as {weight_dtype}"
-        float_weights = [name for name, value in constants.items() if value.dtype.name == "float32" and value.size > 1000]
+        float_weights = [name for name, value in constants.items()
+                         if value.dtype.name == "float32" and value.size > 1000]
         assert float_weights == [], f"large float initializers left: {float_weights}"
         # per-channel weight scales: a DequantizeLinear on an integer weight has a vector scale
         weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int_weights]

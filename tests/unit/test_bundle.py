@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from edgepack.bundle import MANIFEST, SCHEMA_VERSION, check_checksums, read_manifest, sha256_file, staging
+from edgepack.bundle import MANIFEST, check_checksums, read_manifest, sha256_file, staging
 from edgepack.errors import ConfigError, VerificationError
+from edgepack.manifest_model import SCHEMA_VERSION
 
 
 def write_json(path, data):
@@ -128,7 +129,12 @@ def make_bundle(folder):
 def test_checksums_pass_on_intact_bundle(tmp_path):
     manifest = make_bundle(tmp_path)
     assert check_checksums(tmp_path, manifest) == []
-    assert read_manifest(tmp_path) == manifest
+
+
+def test_read_manifest_refuses_a_malformed_manifest_naming_the_field(tmp_path):
+    make_bundle(tmp_path)  # a checksum-only manifest: most required fields are missing
+    with pytest.raises(VerificationError, match=r"malformed manifest: \w+: Field required \(and \d+ more problems\)"):
+        read_manifest(tmp_path)
 
 
 def test_checksums_detect_modified_file(tmp_path):

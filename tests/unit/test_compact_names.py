@@ -18,7 +18,8 @@ def test_intermediate_names_shrink_and_interface_stays(tmp_path):
     gen = torch.Generator().manual_seed(1)
     feeds = {"in0": torch.randint(0, 50, (8,), generator=gen).numpy(),
              "in1": torch.randint(0, 40, (8,), generator=gen).numpy(), "in2": torch.randn(8, 4, generator=gen).numpy()}
-    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]), InputSpec(name="in1", dtype="int64", shape=["batch"]),
+    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]),
+              InputSpec(name="in1", dtype="int64", shape=["batch"]),
               InputSpec(name="in2", dtype="float32", shape=["batch", 4])]
     path = export_float_onnx(model, inputs, feeds, tmp_path / "float.onnx")
     before = onnx.load(str(path))
@@ -49,7 +50,8 @@ def test_new_names_never_collide_with_kept_ones():
     graph = helper.make_graph(
         [helper.make_node("Add", ["t0", "t1"], ["sum"]), helper.make_node("Relu", ["sum"], ["t2_out"]),
          helper.make_node("Neg", ["t2_out"], ["y"])], "g",
-        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
         [numpy_helper.from_array(np.ones(2, np.float32), "t1")])
     assert compact_value_names(graph) == 2
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -59,4 +61,5 @@ def test_new_names_never_collide_with_kept_ones():
     import onnxruntime
 
     out = onnxruntime.InferenceSession(model.SerializeToString())
-    assert np.array_equal(out.run(None, {"t0": np.array([1.0, -3.0], np.float32)})[0], np.array([-2.0, 0.0], np.float32))
+    assert np.array_equal(out.run(None, {"t0": np.array([1.0, -3.0], np.float32)})[0],
+                          np.array([-2.0, 0.0], np.float32))

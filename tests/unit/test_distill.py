@@ -42,7 +42,9 @@ def test_distillation_labels_fit_the_task():
     from edgepack.compress import _binary_distillation_labels
     from edgepack.errors import DataError
 
-    recipe = lambda task: SimpleNamespace(task=task, distill=SimpleNamespace(labels="relevance"))
+    def recipe(task):
+        return SimpleNamespace(task=task, distill=SimpleNamespace(labels="relevance"))
+
     grades = _labelled([0, 2, 1, 0])
     assert _binary_distillation_labels(grades, recipe("ranking")).labels.tolist() == [0, 1, 1, 0]  # relevant or not
     with pytest.raises(DataError, match="train.npz: labels 'relevance' must be clicks"):

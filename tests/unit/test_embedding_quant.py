@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from edgepack.config import InputSpec
-from edgepack.embedding_quant import (dequantize_int4, dequantize_int8, per_row_int4, per_row_int8,
-                                      quantize_tables)
+from edgepack.embedding_quant import dequantize_int4, dequantize_int8, per_row_int4, per_row_int8, quantize_tables
 from edgepack.onnx_export import export_float_onnx
 from edgepack.runners import OrtRunner
 from tests.unit import prune_models
@@ -49,7 +48,8 @@ def embedding_onnx(tmp_path):
     example = (torch.randint(0, 50, (32,), generator=gen), torch.randint(0, 40, (32,), generator=gen),
                torch.randn(32, 4, generator=gen))
     feeds = {f"in{i}": t.numpy() for i, t in enumerate(example)}
-    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]), InputSpec(name="in1", dtype="int64", shape=["batch"]),
+    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]),
+              InputSpec(name="in1", dtype="int64", shape=["batch"]),
               InputSpec(name="in2", dtype="float32", shape=["batch", 4])]
     path = export_float_onnx(model, inputs, feeds, tmp_path / "float.onnx")
     return path, feeds, OrtRunner(path, threads=1)(feeds)[0]

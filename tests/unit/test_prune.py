@@ -36,7 +36,8 @@ def _example(make_inputs):
 
 def _spec(example):
     dtype = {torch.float32: "float32", torch.int64: "int64"}
-    return [InputSpec(name=f"in{i}", dtype=dtype[t.dtype], shape=["batch", *t.shape[1:]]) for i, t in enumerate(example)]
+    return [InputSpec(name=f"in{i}", dtype=dtype[t.dtype], shape=["batch", *t.shape[1:]])
+            for i, t in enumerate(example)]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -8,8 +8,16 @@ import warnings
 import numpy as np
 import pytest
 
-from edgepack.rec_metrics import (auc, calibration, logloss, ranking_metrics, recommender_metrics, sigmoid, spearman,
-                                  topk_overlap)
+from edgepack.rec_metrics import (
+    auc,
+    calibration,
+    logloss,
+    ranking_metrics,
+    recommender_metrics,
+    sigmoid,
+    spearman,
+    topk_overlap,
+)
 
 D3 = 1.0 / math.log2(3)  # discount of the second position, 0.6309...
 

@@ -23,7 +23,8 @@ from edgepack.latency import make_batch, measure
 from edgepack.runners import OrtRunner
 
 SCHEMES = {
-    "int8-7bit": "int8 weights in [-64, 64] on pair-summed layers (reduce_range), 8 bits on depthwise convs; U8S8 kernels",
+    "int8-7bit": "int8 weights in [-64, 64] on pair-summed layers (reduce_range), 8 bits on depthwise convs; "
+                 "U8S8 kernels",
     "uint8": "uint8 weights (U8U8 kernels)",
 }
 # The faster scheme is kept unless it is clearly less accurate than the most accurate one: output
@@ -64,7 +65,7 @@ def measure_scheme(scheme: str, path: Path, reference: np.ndarray, arrays: dict[
     """Output error against the float reference and batch-64 latency of one quantized file."""
     runner = OrtRunner(path, threads=threads)
     outputs = _outputs(runner, arrays)
-    error = float(np.linalg.norm(outputs - reference) / max(np.linalg.norm(reference), 1e-12))
+    error = float(np.linalg.norm(outputs - reference)) / max(float(np.linalg.norm(reference)), 1e-12)
     agreement = None
     if reference.ndim == 2 and reference.shape[1] > 1:
         agreement = float((outputs.argmax(axis=1) == reference.argmax(axis=1)).mean())

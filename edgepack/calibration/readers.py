@@ -68,7 +68,8 @@ def _read_table(path: Path, wanted: list[str], columns: Columns) -> Found:
         except (TypeError, ValueError) as exc:
             raise DataError(f"{path}: columns for '{name}' are not numeric: {exc}") from exc
         arrays[name] = block[:, 0] if isinstance(selection, str) and not _is_pattern(selection) else block
-    return arrays, [f"columns {', '.join(available[:8])}" + (f" (+{len(available) - 8} more)" if len(available) > 8 else "")]
+    return arrays, [f"columns {', '.join(available[:8])}"
+                    + (f" (+{len(available) - 8} more)" if len(available) > 8 else "")]
 
 
 def _is_pattern(selection: str) -> bool:

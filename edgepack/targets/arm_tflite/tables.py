@@ -16,8 +16,16 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from edgepack.embedding_quant import (MIN_ROWS, dequantize_int4, dequantize_int8, four_bit_width, per_row_int4,
-                                      per_row_int8, row_scales, table_report)
+from edgepack.embedding_quant import (
+    MIN_ROWS,
+    dequantize_int4,
+    dequantize_int8,
+    four_bit_width,
+    per_row_int4,
+    per_row_int8,
+    row_scales,
+    table_report,
+)
 
 PER_ROW_VERSION = 4  # EMBEDDING_LOOKUP with INT4 or per-channel tables (TFLite's op_version.cc)
 

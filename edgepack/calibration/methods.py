@@ -41,5 +41,3 @@ class Entropy(_Method):
 
 
 CalibrationMethod = Annotated[Union[MinMax, Percentile, Entropy], Field(discriminator="name")]
-
-METHOD_NAMES = ("minmax", "percentile", "entropy")

@@ -48,9 +48,15 @@ def quantize_embeddings(module, *, bits: int = 8):
             child.padding_idx = None
             originals[name] = child.weight.detach().cpu().numpy().copy()
     # 4-bit values are packed two a byte along a row: odd or narrow rows stay INT8 (as in the other targets)
-    table_bits = lambda dim: 4 if bits == 4 and four_bit_width(dim) else 8
-    four_bit = lambda child, name="": _is_table(child) and table_bits(child.weight.shape[1]) == 4
-    eight_bit = lambda child, name="": _is_table(child) and table_bits(child.weight.shape[1]) == 8
+    def table_bits(dim):
+        return 4 if bits == 4 and four_bit_width(dim) else 8
+
+    def four_bit(child, name=""):
+        return _is_table(child) and table_bits(child.weight.shape[1]) == 4
+
+    def eight_bit(child, name=""):
+        return _is_table(child) and table_bits(child.weight.shape[1]) == 8
+
     for dtype, chosen in ((torch.int4, four_bit), (torch.int8, eight_bit)):
         if any(chosen(child) for child in copied.modules()):
             quantize_(copied, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), chosen)

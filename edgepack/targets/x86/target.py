@@ -3,7 +3,7 @@
 Option `isa`:
 - `portable` (default): weights chosen so that no integer sum can saturate on any x86 CPU, with or
   without VNNI (edgepack.saturation proves it from the weights); the scheme is picked by measurement
-  (targets/x86_portable.py).
+  (edgepack/targets/x86/portable.py).
 - `vnni`: full 8-bit int8 weights for hosts with AVX512-VNNI, AVX-VNNI or AMX-INT8, whose kernels
   accumulate in int32. On other CPUs onnxruntime adds u8 x s8 pairs in saturating int16, so the
   artifact records that it needs VNNI; validating it on a host without VNNI runs it as fake-quant
@@ -26,7 +26,7 @@ from edgepack.ort_quant import QdqSettings, quantize_qdq
 from edgepack.runners import OrtRunner
 from edgepack.saturation import data_check, integer_layers, summarize, weight_bound
 from edgepack.targets.base import Artifact, ExportContext, Target
-from edgepack.targets.x86_portable import SCHEMES, portable_int8, scheme_settings
+from edgepack.targets.x86.portable import SCHEMES, portable_int8, scheme_settings
 
 REQUIRES_KEY = "edgepack.requires_isa"
 VNNI_REQUIREMENT = sorted(INT32_DOT_PRODUCT)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ExportError, MissingDependencyError
-from edgepack.pte_tables import fused_table_ops, quantize_embeddings
 from edgepack.runners import X86_BUILD_OF_ARM_KERNELS
+from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Target
 
 IO_METHOD = "edgepack_io"
@@ -46,12 +46,14 @@ class XnnpackArmTarget(Target):
                               "it cannot start from an ONNX file")
         import torch
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                            get_symmetric_quantization_config)
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
         # Shared PT2E helpers: same observers for the recipe's method, same calibration loop.
-        from edgepack.targets.tflite_arm import calibrated_pt2e, example_batch, with_activation_observer
+        from edgepack.targets.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()
@@ -59,7 +61,8 @@ class XnnpackArmTarget(Target):
         quantizer = XNNPACKQuantizer().set_global(config)
         size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
         example = example_batch(context.calibration, names, size)
-        # Tables first, on the eager module (see edgepack.pte_tables); the static quantizer leaves them alone.
+        # Tables first, on the eager module (see edgepack.targets.arm_xnnpack.tables); the static quantizer
+        # leaves them alone.
         module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
         quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True)
         # A batch of 1 in the example would specialise the batch dimension; size >= 2 keeps it symbolic.

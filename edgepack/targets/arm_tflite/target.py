@@ -1,0 +1,127 @@
+"""Target `arm-tflite`: full-integer INT8 TFLite (LiteRT) for ARM CPUs, built by litert-torch's PT2E path.
+
+No TensorFlow is involved: the float torch module is exported, annotated by litert-torch's
+`PT2EQuantizer` (symmetric int8, per-channel weights), calibrated on the recipe's calibration set,
+converted by torchao's `convert_pt2e` and lowered to a .tflite flatbuffer by `litert_torch.convert`.
+
+The converted graph has a fixed batch (`batch`, 1 by default): litert-torch could not lower `flatten`
+with a dynamic batch dimension (jax bridge: "Shapes must be 1D sequences of concrete values"), and
+resizing the input of the fixed-shape model fails inside the XNNPACK delegate. Batch 1 is the usual
+shape of a phone image model; a recommender scoring candidates wants a larger fixed batch. The
+runner feeds chunks of the artifact's batch, padding the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepack.errors import ExportError
+from edgepack.targets.arm_tflite.flatbuffer import add_float_io
+from edgepack.targets.arm_tflite.runner import TfliteRunner, describe_tflite, runtime_info
+from edgepack.targets.arm_tflite.tables import quantize_tflite_tables
+from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.targets.pt2e import calibrated_pt2e, example_batch, with_activation_observer
+
+
+class TfliteOptions(BaseModel):
+    """Options under `target_options.arm-tflite` in the recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    float_io: bool = False  # float32 inputs/outputs, with QUANTIZE/DEQUANTIZE ops added at the boundary
+    nhwc: bool = False  # channel-last I/O for 4-D (image) inputs, as Android camera pipelines deliver
+    batch: int = Field(1, ge=1, le=4096)  # the artifact's fixed batch; a recommender scoring candidates wants > 1
+
+
+
+def named_io_module(inner, names: list[str], nhwc_inputs: list[bool]):
+    """The module litert-torch converts: keyword inputs, so the TFLite signature carries the recipe's
+    input names (not args_0), and optional channel-last image inputs."""
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **feeds):
+            return self.inner(*(feeds[name].permute(0, 3, 1, 2) if channel_last else feeds[name]
+                                for name, channel_last in zip(names, nhwc_inputs)))
+
+    wrapped = Wrapped()
+    # Not .eval(): exported PT2E graphs refuse train()/eval(); the inner graph is already inference-only.
+    wrapped.training = False
+    return wrapped
+
+
+
+class TfliteArmTarget(Target):
+    """Full-integer INT8 .tflite (int8 I/O by default) for the LiteRT interpreter on ARM CPUs."""
+
+    name = "arm-tflite"
+    description = "TFLite full-integer INT8 (litert-torch PT2E) for LiteRT on ARM CPUs"
+    extra = "arm"
+    required_modules = ("litert_torch", "ai_edge_litert", "torchao")
+    # Percentile through a histogram observer; no KL-entropy observer exists in torchao's PT2E.
+    calibration_methods = frozenset({"minmax", "percentile"})
+    Options = TfliteOptions
+
+    def export(self, context: ExportContext) -> list[Artifact]:
+        """Quantize the float torch module with PT2E on the calibration set and write model.int8.tflite."""
+        if context.module is None:
+            raise ExportError("target 'arm-tflite' needs a PyTorch model (model.factory or model.pickle); "
+                              "it cannot start from an ONNX file")
+        import litert_torch
+        from litert_torch.quantize import pt2e_quantizer, quant_config
+
+        options: TfliteOptions = context.options
+        names = [spec.name for spec in context.inputs]
+        started = time.perf_counter()
+        config = with_activation_observer(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True),
+                                          context.method)
+        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
+        calibration_size = min(context.calibration.batch_size, context.calibration.num_samples)
+        quantized = calibrated_pt2e(context.module, example_batch(context.calibration, names, calibration_size),
+                                    context.calibration, quantizer, fold_quantize=False)
+        nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
+        wrapped = named_io_module(quantized, names, nhwc_inputs)
+        sample = {name: tensor.permute(0, 2, 3, 1).contiguous() if channel_last else tensor
+                  for name, tensor, channel_last in zip(names, example_batch(context.calibration, names, options.batch),
+                                                        nhwc_inputs)}
+        path = context.out_dir / "model.int8.tflite"
+        try:
+            edge = litert_torch.convert(wrapped, sample_kwargs=sample,
+                                        quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+            edge.export(str(path))
+        except Exception as exc:  # the converter raises jax/MLIR errors of many types
+            raise ExportError(f"litert-torch could not convert the quantized model: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        parameters = {name: value.detach().cpu().numpy() for name, value in context.module.state_dict().items()
+                      if value.ndim == 2}
+        tables = quantize_tflite_tables(path, bits=context.quantization.embedding_bits, parameters=parameters)
+        if options.float_io:
+            add_float_io(path)
+        seconds = time.perf_counter() - started
+        runtime_name, version = runtime_info()
+        details = describe_tflite(path)
+        for entry, channel_last in zip(details["inputs"], nhwc_inputs):
+            entry["layout"] = "NHWC" if channel_last else "as exported (NCHW for images)"
+        details.update(layout="NHWC image I/O" if any(nhwc_inputs) else "as exported (NCHW for images)",
+                       float_io=options.float_io,
+                       batch=f"fixed batch {options.batch} (the runner feeds chunks of {options.batch}, "
+                       "padding the last)",
+                       calibration_method=context.method.model_dump(), conversion_seconds=round(seconds, 1),
+                       quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights",
+                       embedding_tables=tables)
+        if tables:
+            details["embedding_lookup"] = ("hybrid EMBEDDING_LOOKUP (int8/int4 table, float rows out); per-row "
+                                           "scales make it op version 4, which the phone's LiteRT must register")
+        return [Artifact(target=self.name, path=path, format="tflite",
+                         precision="int8-float-io" if options.float_io else "int8-full-integer",
+                         runtime=runtime_name, runtime_version=version, details=details)]
+
+    def runner(self, path: Path, *, threads: int) -> "TfliteRunner":
+        """LiteRT interpreter (ai-edge-litert, else tflite-runtime) with float I/O around int8 tensors."""
+        return TfliteRunner(path, threads=threads)
