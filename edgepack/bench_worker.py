@@ -69,5 +69,5 @@ def run(job: dict) -> dict:
     latency = {f"batch_{size}": measure(runner, feeds, warmup=job["warmup"], repeats=job["repeats"])
                for size, feeds in sorted(job["batches"].items())}
     peak_kb = _rss_kb("VmHWM")
-    return {"latency": latency, "device": getattr(runner, "device", "unknown"), "steady_allocator": steady,
+    return {"latency": latency, "device": runner.device, "steady_allocator": steady,
             "peak_rss_mb": peak_kb / 1024, "model_memory_mb": max(peak_kb - baseline_kb, 0) / 1024}

@@ -12,6 +12,7 @@ import torch
 
 from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
+from edgepack.config import Recipe
 from edgepack.distill import SELECTION, DistillReport, distill, label_loss, top1
 from edgepack.lowrank import factorize
 from edgepack.progress import Progress
@@ -41,7 +42,7 @@ class CompressionResult:
     quality_metric: str = "accuracy"
 
 
-def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
+def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe: Recipe) -> float:
     """The task's headline metric (accuracy, AUC) of `module` on the evaluation set."""
     with torch.no_grad():
         outputs = torch.cat([module(*as_tensors(batch, recipe.input_names)) for batch in evaluation.batches()])
@@ -49,7 +50,7 @@ def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe) -> float:
     return float(metrics[tasks.headline(recipe.task)])
 
 
-def _binary_distillation_labels(data: SampleSet, recipe) -> SampleSet:
+def _binary_distillation_labels(data: SampleSet, recipe: Recipe) -> SampleSet:
     """Distillation labels as the label loss needs them: checked against the task (tasks.check_labels),
     and relevance grades turned into relevant / not (grade > 0) for ranking."""
     tasks.check_labels(recipe.task, data, recipe.distill.labels)
@@ -58,7 +59,7 @@ def _binary_distillation_labels(data: SampleSet, recipe) -> SampleSet:
     return data
 
 
-def compress(teacher: torch.nn.Module, recipe, calibration: SampleSet, evaluation: SampleSet,
+def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, evaluation: SampleSet,
              progress: Progress) -> CompressionResult:
     """Prune the float model to the recipe's target (distilling between steps if asked) and recover it."""
     names = recipe.input_names

@@ -32,7 +32,7 @@ def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeat
     times.sort()
     entry = {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
              "repeats": repeats, "warmup": warmup}
-    fixed = getattr(runner, "fixed_batch", 1)
+    fixed = runner.fixed_batch
     rows = len(next(iter(batch.values())))
     if fixed > 1 and rows % fixed:
         calls = -(-rows // fixed)
@@ -42,7 +42,7 @@ def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeat
 
 def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings) -> dict:
     """Latency at batch 1 and at the recipe's larger batch size."""
-    device = getattr(runner, "device", "unknown")
+    device = runner.device
     return {f"batch_{size}": measure(runner, make_batch(arrays, size), warmup=settings.warmup,
                                      repeats=settings.repeats) | {"device": device}
             for size in sorted({1, settings.batch_size})}

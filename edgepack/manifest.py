@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import Iterator
 
 from edgepack import __version__
+from edgepack.config import Recipe
 from edgepack.isa import host_isa
 from edgepack.manifest_model import SCHEMA_VERSION
 
@@ -60,7 +61,8 @@ def _artifact_entry(result, reference_size: int, budget: dict) -> dict:
     }
 
 
-def build_manifest(recipe, *, source: dict, reference: dict, targets, calibration, evaluation, warnings) -> dict:
+def build_manifest(recipe: Recipe, *, source: dict, reference: dict, targets, calibration, evaluation,
+                   warnings) -> dict:
     """Assemble the manifest from the run's measurements."""
     budget = recipe.budget.model_dump()
     return {

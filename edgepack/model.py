@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from edgepack.calibration.readers import import_object
+from edgepack.config import Recipe
 from edgepack.errors import ModelLoadError
 
 
@@ -24,7 +25,7 @@ class LoadedModel:
     description: str
 
 
-def load_model(recipe) -> LoadedModel:
+def load_model(recipe: Recipe) -> LoadedModel:
     """Load the recipe's model source; every failure is a ModelLoadError naming the file."""
     source = recipe.model
     if source.onnx is not None:
@@ -98,7 +99,7 @@ def _load_pickle(path: Path) -> torch.nn.Module:
     return module.eval()
 
 
-def _check_onnx(path: Path, recipe) -> Path:
+def _check_onnx(path: Path, recipe: Recipe) -> Path:
     import onnx
 
     if not path.is_file():

@@ -18,6 +18,7 @@ from edgepack.bundle import sha256_file, staging
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.capture import LOG_NAME
 from edgepack.compress import compress, compression_manifest, save_compressed
+from edgepack.config import Recipe
 from edgepack.documents import write_bundle_documents
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
 from edgepack.isa import host_isa
@@ -84,7 +85,7 @@ class PackResult:
         return EXIT_DRIFT if "failed" in statuses else EXIT_OK
 
 
-def resolve_targets(recipe) -> list[tuple[Target, object]]:
+def resolve_targets(recipe: Recipe) -> list[tuple[Target, object]]:
     """The recipe's targets with their validated options, checked to be installed and able to honour it."""
     resolved = []
     for name in recipe.targets:
@@ -96,7 +97,7 @@ def resolve_targets(recipe) -> list[tuple[Target, object]]:
     return resolved
 
 
-def load_data(recipe) -> tuple[SampleSet, SampleSet]:
+def load_data(recipe: Recipe) -> tuple[SampleSet, SampleSet]:
     """Calibration and evaluation sets, validated against the input spec."""
     calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=recipe.base_dir)
     evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=recipe.base_dir,
@@ -105,7 +106,7 @@ def load_data(recipe) -> tuple[SampleSet, SampleSet]:
     return calibration, evaluation
 
 
-def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True,
+def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool = True,
          log_path: Optional[Path] = None) -> PackResult:
     """Validate everything, build and verify every target's artifacts, and write the bundle.
 
@@ -161,14 +162,14 @@ def pack(recipe, progress: Progress = SilentProgress(), *, bench: bool = True,
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
 
 
-def prune_only(recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None) -> PackResult:
+def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None) -> PackResult:
     """`edgepack prune`: the pack pipeline up to the pruned, distilled and checked fp32 model, no targets."""
     if recipe.prune is None and recipe.lowrank is None:
         raise ConfigError("the recipe has no 'prune' (or 'lowrank') section; add one (ratio, by, importance, ...)")
     return pack(recipe.model_copy(update={"targets": []}), progress, bench=False, log_path=log_path)
 
 
-def _export_friendly(loaded: LoadedModel, recipe, calibration: SampleSet) -> tuple[LoadedModel, list[str]]:
+def _export_friendly(loaded: LoadedModel, recipe: Recipe, calibration: SampleSet) -> tuple[LoadedModel, list[str]]:
     """The module every export starts from: nn.EmbeddingBag rewritten (edgepack.bag_rewrite), checked to
     give the float model's outputs on calibration samples. The float model itself is still what is
     measured as the baseline."""
@@ -191,7 +192,7 @@ def _export_friendly(loaded: LoadedModel, recipe, calibration: SampleSet) -> tup
     return dataclasses.replace(loaded, module=module), notes
 
 
-def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Path) -> Optional[float]:
+def _reference_onnx(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet, path: Path) -> Optional[float]:
     """Write the fp32 ONNX every target starts from; for torch models check it against PyTorch."""
     if loaded.module is None:
         shutil.copyfile(loaded.onnx_path, path)
@@ -199,20 +200,20 @@ def _reference_onnx(loaded: LoadedModel, recipe, evaluation: SampleSet, path: Pa
     return _export_checked(loaded.module, recipe, evaluation, path)
 
 
-def _export_checked(module, recipe, evaluation: SampleSet, path: Path) -> float:
+def _export_checked(module, recipe: Recipe, evaluation: SampleSet, path: Path) -> float:
     """Export `module` to fp32 ONNX and check it against PyTorch on the first evaluation batch."""
     sample = next(evaluation.batches())
     export_float_onnx(module, recipe.inputs, {k: v[:2] for k, v in sample.items()}, path)
     return check_against_torch(module, path, recipe.inputs, sample, threads=recipe.latency.threads)
 
 
-def _float_runner(loaded: LoadedModel, recipe, reference_path: Path):
+def _float_runner(loaded: LoadedModel, recipe: Recipe, reference_path: Path):
     if loaded.module is not None:
         return TorchRunner(loaded.module, recipe.input_names, recipe.latency.threads), "torch eager fp32"
     return OrtRunner(reference_path, threads=recipe.latency.threads), "onnxruntime fp32"
 
 
-def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet,
+def _measure_source(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet,
                     reference_path: Path) -> tuple[dict, np.ndarray]:
     """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
     runner, runtime = _float_runner(loaded, recipe, reference_path)
@@ -229,7 +230,7 @@ def _measure_source(loaded: LoadedModel, recipe, evaluation: SampleSet,
     return source, outputs
 
 
-def _pruned_outputs(compressed, recipe, evaluation: SampleSet, source: dict, stage: Path) -> dict:
+def _pruned_outputs(compressed, recipe: Recipe, evaluation: SampleSet, source: dict, stage: Path) -> dict:
     """Write the pruned model (whole program + fp32 ONNX), check both, measure it, describe it."""
     folder = stage / PRUNED_DIR
     folder.mkdir()
@@ -261,7 +262,7 @@ def validated_on(artifact: Artifact, runner) -> dict:
             "arithmetic": runner.arithmetic}
 
 
-def _run_target(target: Target, options, recipe, module, float_onnx: Path, calibration: SampleSet,
+def _run_target(target: Target, options, recipe: Recipe, module, float_onnx: Path, calibration: SampleSet,
                 evaluation: SampleSet, reference_outputs: np.ndarray, stage: Path, scratch: Path,
                 progress: Progress) -> TargetResult:
     """Export, run and measure one target; an error here is recorded and the other targets go on."""

@@ -20,6 +20,7 @@ class Runner(Protocol):
     output_names: list[str]
     device: str  # where it runs, e.g. the execution provider
     arithmetic: str  # what computed the result: integer kernels, float, or an emulation (named)
+    fixed_batch: int  # the artifact's fixed batch (smaller batches are padded), 1 when the batch is dynamic
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
         """Run one batch."""
@@ -34,6 +35,7 @@ class TorchRunner:
         self.output_names = ["output"]
         self.threads = threads
         self.device = "torch eager CPU"
+        self.fixed_batch = 1
         self.arithmetic = "float32"
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
@@ -85,6 +87,7 @@ class OrtRunner:
         self.session = ort_session(path, threads=threads, providers=providers, fake_quant=emulation is not None)
         self.device = self.session.get_providers()[0] + (" (fake-quant emulation)" if emulation else "")
         self.arithmetic = emulation or arithmetic
+        self.fixed_batch = 1
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.output_names = [node.name for node in self.session.get_outputs()]
 

@@ -6,12 +6,18 @@ import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgepack.calibration.dataset import SampleSet
+from edgepack.calibration.methods import CalibrationMethod
+from edgepack.config import InputSpec, QuantizationConfig, Recipe
 from edgepack.errors import ConfigError, MissingDependencyError
 from edgepack.runners import Runner
+
+if TYPE_CHECKING:
+    import torch
 
 
 class NoOptions(BaseModel):
@@ -38,11 +44,11 @@ class ExportContext:
     """Everything a target may use to build its artifacts."""
 
     float_onnx: Path
-    module: Optional[Any]
-    inputs: list
-    calibration: Any
-    method: Any
-    quantization: Any
+    module: Optional["torch.nn.Module"]  # None when the recipe's model is an ONNX file
+    inputs: list[InputSpec]
+    calibration: SampleSet
+    method: CalibrationMethod
+    quantization: QuantizationConfig
     out_dir: Path
     scratch_dir: Path
     options: BaseModel = NoOptions()
@@ -67,7 +73,7 @@ class Target(ABC):
             if importlib.util.find_spec(module) is None:
                 raise MissingDependencyError(f"target '{self.name}'", module, self.extra)
 
-    def check_recipe(self, recipe) -> None:
+    def check_recipe(self, recipe: Recipe) -> None:
         """Reject recipe settings this target cannot honour, before any heavy work."""
         method = recipe.calibration.method.name
         if method not in self.calibration_methods:

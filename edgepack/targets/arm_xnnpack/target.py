@@ -137,6 +137,7 @@ class PteRunner:
         self.max_batch = int(meta.input_tensor_meta(0).sizes()[0]) if meta.num_inputs() else MAX_BATCH
         self.threads = threads
         self.device = "ExecuTorch XNNPACK delegate, CPU (x86 emulation of ARM kernels)"
+        self.fixed_batch = 1  # dynamic batch up to max_batch; larger inputs are split, not padded
         self.arithmetic = X86_BUILD_OF_ARM_KERNELS
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
