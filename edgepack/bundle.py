@@ -9,10 +9,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from pydantic import ValidationError
 
+from edgepack.capture import LOG_NAME
 from edgepack.errors import ConfigError, VerificationError
 from edgepack.manifest import iter_files
 from edgepack.manifest_model import SCHEMA_VERSION, Manifest
@@ -32,15 +33,20 @@ def sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def staging(destination: Path) -> Iterator[Path]:
+def staging(destination: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield an empty directory next to `destination`; on success it replaces `destination` atomically
-    (as far as the filesystem allows), on failure it is removed and `destination` is untouched."""
+    (as far as the filesystem allows), on failure it is removed and `destination` is untouched.
+
+    A non-empty `destination` is replaced only when it is an intact edgepack bundle (see
+    `why_not_replaceable`), or with `force`."""
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise ConfigError(f"output {destination} exists and is not a directory")
-    if destination.is_dir() and any(destination.iterdir()) and not (destination / MANIFEST).is_file():
-        raise ConfigError(f"output {destination} is a non-empty directory that is not an edgepack bundle; "
-                          "refusing to replace it")
+    if destination.is_dir() and any(destination.iterdir()) and not force:
+        problem = why_not_replaceable(destination)
+        if problem is not None:
+            raise ConfigError(f"output {destination} {problem}; refusing to replace it (choose another --out, "
+                              "or pass --force to replace it anyway)")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=destination.parent))
@@ -64,6 +70,30 @@ def staging(destination: Path) -> Iterator[Path]:
         raise ConfigError(f"cannot move the new bundle into {destination}: {exc}") from exc
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
+
+
+BUNDLE_DOCUMENTS = frozenset({MANIFEST, REPORT, REPORT_HTML, LOG_NAME})
+
+
+def why_not_replaceable(folder: Path) -> Optional[str]:
+    """None when `folder` is an intact edgepack bundle: a valid manifest, every listed file matching its
+    checksum, and no file the bundle does not account for. Otherwise what is wrong, so that a folder
+    that merely holds a file named manifest.json (a web app, say) is never wiped."""
+    if not (folder / MANIFEST).is_file():
+        return "is a non-empty directory that is not an edgepack bundle"
+    try:
+        manifest = open_manifest(folder).to_json_dict()
+    except VerificationError as exc:
+        return f"holds a {MANIFEST} that is not a valid edgepack manifest ({exc})"
+    problems = check_checksums(folder, manifest)
+    if problems:
+        return f"is an edgepack bundle whose files changed since packing ({'; '.join(problems[:3])})"
+    listed = {entry["path"] for entry in iter_files(manifest)} | BUNDLE_DOCUMENTS
+    extra = sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                   if path.is_file() and str(path.relative_to(folder)) not in listed)
+    if extra:
+        return f"holds files the bundle does not list ({', '.join(extra[:5])})"
+    return None
 
 
 def read_manifest(bundle: Path) -> dict:

@@ -62,8 +62,10 @@ def main(debug: bool, verbose: bool) -> None:
 @click.option("--dump-config", is_flag=True, help="Print the validated recipe with defaults filled in, then exit.")
 @click.option("--no-bench", is_flag=True, help="Skip the isolated-process benchmark (latency in the manifest "
               "then comes only from the in-process measurement after verification).")
+@click.option("--force", is_flag=True, help="Replace the output folder even when it is not an intact edgepack bundle.")
 @_handle_errors
-def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool, no_bench: bool) -> None:
+def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool, no_bench: bool,
+         force: bool) -> None:
     """Quantize, export and verify RECIPE's model for each target; write a bundle."""
     from edgepack.config import load_recipe
 
@@ -77,7 +79,7 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
     from edgepack.terminal import TerminalProgress, render_pack
 
     with _library_log() as log_path:
-        result = run_pack(resolved, TerminalProgress(), bench=not no_bench, log_path=log_path)
+        result = run_pack(resolved, TerminalProgress(), bench=not no_bench, log_path=log_path, force=force)
     render_pack(result)
     sys.exit(result.exit_code)
 
@@ -86,8 +88,9 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output directory (overrides the recipe).")
+@click.option("--force", is_flag=True, help="Replace the output folder even when it is not an intact edgepack bundle.")
 @_handle_errors
-def prune(recipe: Path, out: Path | None) -> None:
+def prune(recipe: Path, out: Path | None, force: bool) -> None:
     """Prune (and distill) RECIPE's model only: writes the pruned model, its fp32 ONNX and the report."""
     from edgepack.config import load_recipe
     from edgepack.pipeline import prune_only
@@ -95,7 +98,7 @@ def prune(recipe: Path, out: Path | None) -> None:
 
     resolved = load_recipe(recipe, output=out)
     with _library_log() as log_path:
-        result = prune_only(resolved, TerminalProgress(), log_path=log_path)
+        result = prune_only(resolved, TerminalProgress(), log_path=log_path, force=force)
     render_pack(result)
     sys.exit(result.exit_code)
 

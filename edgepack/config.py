@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from edgepack.budget import Budget, MissingBudget, default_budget
 from edgepack.calibration.methods import CalibrationMethod, MinMax
 from edgepack.errors import ConfigError
 from edgepack.registry import check_target_name
@@ -149,24 +150,6 @@ class QuantizationConfig(_Section):
                           "false keeps the quantizer's descriptive names for debugging")
 
 
-class Budget(_Section):
-    """Drift budget: a target fails when any given bound is exceeded."""
-
-    max_accuracy_drop: Optional[float] = Field(0.5, ge=0.0, description="percentage points")
-    min_top1_agreement: Optional[float] = Field(0.99, ge=0.0, le=1.0)
-    max_kl: Optional[float] = Field(None, ge=0.0)
-    max_relative_l2: Optional[float] = Field(None, ge=0.0)
-    max_auc_drop: Optional[float] = Field(None, description="ctr/ranking: reference AUC minus artifact AUC")
-    max_logloss_increase: Optional[float] = None
-    max_ndcg_relative_drop: Optional[float] = Field(None, description="ranking: (reference - artifact) / reference")
-    max_hr_drop: Optional[float] = None
-    max_recall_drop: Optional[float] = None
-    max_calibration_shift: Optional[float] = Field(None, ge=0.0, description="|mean predicted probability change|")
-    min_spearman: Optional[float] = Field(None, ge=-1.0, le=1.0)
-    min_topk_overlap: Optional[float] = Field(None, ge=0.0, le=1.0)
-    segments: bool = Field(True, description="ctr/ranking: apply the drift bounds to every segment too")
-
-
 class AttentionHeads(_Section):
     """An attention module with separate q/k/v Linear layers whose whole heads may be removed."""
 
@@ -236,7 +219,7 @@ class Recipe(_Section):
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     targets: list[str] = Field(default_factory=lambda: ["x86"], min_length=1)
     target_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    budget: Budget = Field(default_factory=Budget)
+    budget: Budget  # when absent, the task's default (edgepack.budget); ctr and ranking have none
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     prune: Optional[PruneConfig] = None
     lowrank: Optional[LowRankConfig] = None
@@ -256,6 +239,16 @@ class Recipe(_Section):
             raise ValueError(f"targets are listed more than once: {targets}")
         return targets
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_default_budget(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("budget") is None:
+            task = data.get("task", "classification")
+            default = default_budget(task) if isinstance(task, str) else None
+            data = {**data, "budget": MissingBudget(str(task)) if default is None
+                    else default.model_dump(exclude_defaults=True)}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         if self.task not in TASKS_IMPLEMENTED:
@@ -272,12 +265,9 @@ class Recipe(_Section):
             raise ValueError(f"input names must be unique, got {names}")
         if self.task == "ranking" and self.evaluation.group_by is None:
             raise ValueError("task 'ranking' needs evaluation.group_by (the input that identifies a user)")
-        if self.task == "ranking":
-            probability_bounds = [key for key in ("max_logloss_increase", "max_calibration_shift")
-                                  if getattr(self.budget, key) is not None]
-            if probability_bounds:
-                raise ValueError(f"budget {', '.join(probability_bounds)}: task 'ranking' outputs scores, not click "
-                                 "probabilities, so logloss and calibration are not measured (use task 'ctr')")
+        budget_problems = self.budget.problems_for(self.task)
+        if budget_problems:
+            raise ValueError("; ".join(budget_problems))
         if self.evaluation.group_by is not None and self.evaluation.group_by not in names:
             raise ValueError(f"evaluation.group_by '{self.evaluation.group_by}' is not an input; inputs are {names}")
         for section in (self.calibration, self.evaluation):

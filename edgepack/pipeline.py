@@ -107,12 +107,13 @@ def load_data(recipe: Recipe) -> tuple[SampleSet, SampleSet]:
 
 
 def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool = True,
-         log_path: Optional[Path] = None) -> PackResult:
+         log_path: Optional[Path] = None, force: bool = False) -> PackResult:
     """Validate everything, build and verify every target's artifacts, and write the bundle.
 
     With `bench`, every artifact and the float baselines are also timed in fresh processes
     (`edgepack bench`) and the figures go into the manifest and reports. `log_path`, the file the
-    libraries' own output was sent to, is copied into the bundle as pack.log."""
+    libraries' own output was sent to, is copied into the bundle as pack.log. An existing output folder
+    is replaced only when it is an intact edgepack bundle, or with `force`."""
     targets = resolve_targets(recipe)
     with progress.step("reading calibration and evaluation data"):
         calibration, evaluation = load_data(recipe)
@@ -124,7 +125,7 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
         loaded, rewrites = _export_friendly(original, recipe, calibration)
     compressed = (compress(loaded.module, recipe, calibration, evaluation, progress)
                   if recipe.prune is not None or recipe.lowrank is not None else None)
-    with staging(recipe.output) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
+    with staging(recipe.output, force=force) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
         reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
         reference_path.parent.mkdir()
         with progress.step("exporting and checking the fp32 ONNX reference"):
@@ -162,11 +163,12 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
 
 
-def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None) -> PackResult:
+def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None,
+               force: bool = False) -> PackResult:
     """`edgepack prune`: the pack pipeline up to the pruned, distilled and checked fp32 model, no targets."""
     if recipe.prune is None and recipe.lowrank is None:
         raise ConfigError("the recipe has no 'prune' (or 'lowrank') section; add one (ratio, by, importance, ...)")
-    return pack(recipe.model_copy(update={"targets": []}), progress, bench=False, log_path=log_path)
+    return pack(recipe.model_copy(update={"targets": []}), progress, bench=False, log_path=log_path, force=force)
 
 
 def _export_friendly(loaded: LoadedModel, recipe: Recipe, calibration: SampleSet) -> tuple[LoadedModel, list[str]]:

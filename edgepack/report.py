@@ -5,6 +5,8 @@ from __future__ import annotations
 from edgepack import tasks
 from edgepack.manifest import artifact_entries, validation_notes
 
+UNCHECKED = "budget: none — drift was measured and reported, not checked against any bound"
+
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.3f} MB"
@@ -19,6 +21,8 @@ def render_markdown(manifest: dict) -> str:
     source = manifest["source_model"]
     reference = manifest["reference"]
     verdict = "PASSED" if manifest["passed"] else "FAILED"
+    if manifest["recipe"]["budget"].get("disabled"):
+        verdict += f" ({UNCHECKED})"
     drift_columns = tasks.manifest_columns(manifest)
     lines = [f"# edgepack bundle: {manifest['name']}", "",
              f"**{verdict}** — task `{manifest['task']}`, created {manifest['created_utc']}", "",

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgepack import tasks
 from edgepack.manifest import artifact_entries, validation_notes
-from edgepack.report import isa_lines, speed_flag_lines, validation_rows
+from edgepack.report import UNCHECKED, isa_lines, speed_flag_lines, validation_rows
 
 IN_PROCESS = "measured in the pack process"
 # Lines are never wrapped when output goes to a file or CI log (soft_wrap), so they stay greppable;
@@ -105,6 +105,8 @@ def render_pack(result) -> None:
         return
     for line in speed_flag_lines(manifest):
         console.print(f"[yellow]warning:[/] {escape(line)}")
+    if manifest["recipe"]["budget"].get("disabled"):
+        console.print(f"[yellow]warning:[/] {UNCHECKED}")
     verdict = "[green]all targets passed[/]" if manifest["passed"] else "[red]FAILED[/]"
     out.print(f"{verdict}; bundle: {result.bundle}")
 

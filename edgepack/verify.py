@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgepack.budget import BOUND_SPECS
 from edgepack.calibration.dataset import SampleSet
 from edgepack.runners import Runner
 
@@ -89,35 +90,26 @@ def classification_metrics(reference: np.ndarray, artifact: np.ndarray, labels: 
     return metrics
 
 
-BUDGET_METRICS = {
-    "max_accuracy_drop": ("accuracy_drop", "max"),
-    "min_top1_agreement": ("top1_agreement", "min"),
-    "max_kl": ("kl", "max"),
-    "max_relative_l2": ("relative_l2", "max"),
-    "max_auc_drop": ("auc_drop", "max"),
-    "max_logloss_increase": ("logloss_increase", "max"),
-    "max_ndcg_relative_drop": ("ndcg_relative_drop", "max"),
-    "max_hr_drop": ("hr_drop", "max"),
-    "max_recall_drop": ("recall_drop", "max"),
-    "max_calibration_shift": ("calibration_shift_abs", "max"),
-    "min_spearman": ("spearman", "min"),
-    "min_topk_overlap": ("topk_overlap", "min"),
-}
-
-
 def check_budget(metrics: dict, budget: dict) -> DriftReport:
-    """Compare metrics with every bound the budget sets (None means unbounded).
+    """Compare metrics with every bound the budget sets (None means unbounded); each bound's metric
+    and direction come from its field in edgepack.budget.Budget.
 
-    With `budget["segments"]`, a bound also applies to the same metric in every segment
-    (keys like 'user_segment=0/auc_drop'), so a drift hidden in the average still fails. A segment
-    metric that is not a number (AUC of a one-class segment) is not checked; an overall NaN fails."""
+    A bound whose metric was not measured fails (value NaN): a budget never passes unchecked. With
+    `budget["segments"]`, a bound also applies to the same metric in every segment (keys like
+    'user_segment=0/auc_drop'), so a drift hidden in the average still fails. A segment metric that
+    is not a number (AUC of a one-class segment) is not checked; an overall NaN fails."""
     checks = []
     for key, limit in budget.items():
-        if limit is None or key not in BUDGET_METRICS:
+        if key in ("segments", "disabled") or limit is None:
             continue
-        metric, bound = BUDGET_METRICS[key]
-        names = [metric] + ([name for name in metrics if name.endswith("/" + metric)] if budget.get("segments") else [])
-        for name in names:
-            if name in metrics and not (name != metric and math.isnan(float(metrics[name]))):
-                checks.append(DriftCheck(metric=name, value=float(metrics[name]), limit=float(limit), bound=bound))
+        if key not in BOUND_SPECS:
+            raise ValueError(f"unknown budget bound '{key}' (known: {', '.join(BOUND_SPECS)})")
+        spec = BOUND_SPECS[key]
+        checks.append(DriftCheck(metric=spec.metric, value=float(metrics.get(spec.metric, math.nan)),
+                                 limit=float(limit), bound=spec.direction))
+        if budget.get("segments"):
+            for name in (name for name in metrics if name.endswith("/" + spec.metric)):
+                if not math.isnan(float(metrics[name])):
+                    checks.append(DriftCheck(metric=name, value=float(metrics[name]), limit=float(limit),
+                                             bound=spec.direction))
     return DriftReport(metrics=metrics, checks=tuple(checks))

@@ -107,3 +107,23 @@ def test_pickled_module_loads_only_when_allowed(trained_example, tmp_path):
     torch.save(load_model(recipe).module, pickled)
     result = pack_example(trained_example, tmp_path / "bundle", model={"pickle": str(pickled), "allow_pickle": True})
     assert result.exit_code == EXIT_OK and result.manifest["source_model"]["kind"] == "pickle"
+
+
+def test_budget_none_measures_drift_without_a_verdict(trained_example, tmp_path):
+    result = pack_example(trained_example, tmp_path / "bundle", budget="none")
+    assert result.exit_code == EXIT_OK
+    artifact = result.manifest["targets"]["x86"]["artifacts"][0]
+    assert artifact["drift"] == [] and artifact["metrics"]["top1_agreement"] > 0.9
+    assert "not checked against any bound" in (tmp_path / "bundle" / "report.md").read_text()
+
+
+def test_repacking_replaces_an_intact_bundle_but_not_a_tampered_one(trained_example, tmp_path):
+    from edgepack.errors import ConfigError
+
+    bundle = tmp_path / "bundle"
+    pack_example(trained_example, bundle)
+    pack_example(trained_example, bundle)  # an intact bundle is replaced
+    (bundle / "my-notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="holds files the bundle does not list"):
+        pack_example(trained_example, bundle)
+    assert (bundle / "my-notes.txt").read_text() == "keep me"

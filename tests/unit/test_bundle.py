@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from edgepack.bundle import MANIFEST, check_checksums, read_manifest, sha256_file, staging
+from edgepack.bundle import MANIFEST, check_checksums, read_manifest, sha256_file, staging, why_not_replaceable
 from edgepack.errors import ConfigError, VerificationError
 from edgepack.manifest_model import SCHEMA_VERSION
 
@@ -41,7 +41,7 @@ def test_staging_replaces_existing_bundle(tmp_path):
     destination.mkdir()
     write_json(destination / MANIFEST, {"schema_version": SCHEMA_VERSION, "old": True})
     (destination / "stale.onnx").write_bytes(b"old")
-    with staging(destination) as stage:
+    with staging(destination, force=True) as stage:
         assert (destination / "stale.onnx").exists()  # the old bundle stays usable while packing
         write_json(stage / MANIFEST, {"schema_version": SCHEMA_VERSION, "old": False})
     assert entries(tmp_path) == ["bundle"]
@@ -61,11 +61,51 @@ def test_staging_refuses_non_bundle_directory(tmp_path):
     destination = tmp_path / "precious"
     destination.mkdir()
     (destination / "thesis.tex").write_text("years of work")
-    with pytest.raises(ConfigError, match="not an edgepack bundle; refusing to replace it"):
+    with pytest.raises(ConfigError, match="not an edgepack bundle; refusing to replace it .*--force"):
         with staging(destination):
             pytest.fail("the body must not run")
     assert entries(destination) == ["thesis.tex"]
     assert entries(tmp_path) == ["precious"]
+
+
+def test_staging_refuses_a_folder_that_merely_holds_a_manifest_json(tmp_path):
+    destination = tmp_path / "webapp"
+    (destination / "src").mkdir(parents=True)
+    write_json(destination / MANIFEST, {"name": "my-app", "start_url": "/"})
+    (destination / "src" / "index.js").write_text("console.log('hi')")
+    with pytest.raises(ConfigError, match="not a valid edgepack manifest.*refusing to replace it"):
+        with staging(destination):
+            pytest.fail("the body must not run")
+    assert (destination / "src" / "index.js").read_text() == "console.log('hi')"
+
+
+def test_staging_refuses_a_bundle_with_changed_or_extra_files(tmp_path, monkeypatch):
+    destination = tmp_path / "bundle"
+    destination.mkdir()
+    manifest = make_bundle(destination)
+    monkeypatch.setattr("edgepack.bundle.open_manifest", lambda folder: _Valid(manifest))
+    assert why_not_replaceable(destination) is None
+    (destination / "notes.txt").write_text("mine")
+    assert "holds files the bundle does not list (notes.txt)" in why_not_replaceable(destination)
+    (destination / "notes.txt").unlink()
+    (destination / "x86" / "model.int8.onnx").write_bytes(b"INT8")
+    assert "files changed since packing" in why_not_replaceable(destination)
+    with pytest.raises(ConfigError, match="changed since packing"):
+        with staging(destination):
+            pytest.fail("the body must not run")
+    with staging(destination, force=True) as stage:
+        (stage / "new.onnx").write_bytes(b"new")
+    assert entries(destination) == ["new.onnx"]
+
+
+class _Valid:
+    """Stands in for a validated Manifest built from a checksum-only dict."""
+
+    def __init__(self, manifest):
+        self.manifest = manifest
+
+    def to_json_dict(self):
+        return self.manifest
 
 
 def test_staging_refuses_a_file(tmp_path):
@@ -93,7 +133,7 @@ def test_failure_keeps_existing_bundle_untouched(tmp_path):
     write_json(destination / MANIFEST, {"schema_version": SCHEMA_VERSION})
     (destination / "model.onnx").write_bytes(b"good")
     with pytest.raises(KeyboardInterrupt):
-        with staging(destination) as stage:
+        with staging(destination, force=True) as stage:
             (stage / "model.onnx").write_bytes(b"half")
             raise KeyboardInterrupt
     assert entries(tmp_path) == ["bundle"]
@@ -171,7 +211,7 @@ def test_leftover_retired_directory_does_not_break_replacement(tmp_path):
     leftover = tmp_path / f".bundle.old-{os.getpid()}"  # from a run with the same pid (containers reuse pids)
     leftover.mkdir()
     (leftover / "model.onnx").write_bytes(b"old")
-    with staging(destination) as stage:
+    with staging(destination, force=True) as stage:
         (stage / "new.onnx").write_bytes(b"new")
     assert entries(destination) == ["new.onnx"]
     assert not [name for name in entries(tmp_path) if ".staging-" in name]

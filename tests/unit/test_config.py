@@ -182,12 +182,12 @@ def test_duplicate_target_rejected(tmp_path):
 
 
 def test_task_ranking_needs_group_by(tmp_path):
-    text = config_error(tmp_path, recipe_data(task="ranking"))
+    text = config_error(tmp_path, recipe_data(task="ranking", budget={"max_auc_drop": 0.01}))
     assert "task 'ranking' needs evaluation.group_by" in text
 
 
 def test_group_by_must_name_an_input(tmp_path):
-    data = recipe_data(task="ctr")
+    data = recipe_data(task="ctr", budget={"max_auc_drop": 0.01})
     data["evaluation"]["group_by"] = "user"
     assert "evaluation.group_by 'user' is not an input" in config_error(tmp_path, data)
 
@@ -314,4 +314,38 @@ def test_ranking_refuses_probability_budgets(tmp_path):
     data["evaluation"]["group_by"] = data["inputs"][0]["name"]
     data["budget"] = {"max_logloss_increase": 0.01}
     text = config_error(tmp_path, data)
-    assert "max_logloss_increase" in text and "task 'ranking' outputs scores" in text
+    assert "budget.max_logloss_increase limits 'logloss_increase', which task 'ranking' does not measure" in text
+    assert "(it applies to ctr)" in text and "bounds for task 'ranking': max_auc_drop" in text
+
+
+@pytest.mark.parametrize("task, bound", [("classification", "max_auc_drop"), ("ctr", "max_accuracy_drop"),
+                                         ("ctr", "min_top1_agreement"), ("ranking", "max_kl")])
+def test_a_bound_the_task_does_not_measure_is_refused(tmp_path, task, bound):
+    data = recipe_data(task=task, budget={bound: 0.5})
+    if task == "ranking":
+        data["evaluation"]["group_by"] = data["inputs"][0]["name"]
+    text = config_error(tmp_path, data)
+    assert f"budget.{bound} limits" in text and f"which task '{task}' does not measure" in text
+
+
+@pytest.mark.parametrize("budget", [{}, {"max_accuracy_drop": None, "min_top1_agreement": None}])
+def test_a_budget_without_bounds_is_refused(tmp_path, budget):
+    text = config_error(tmp_path, recipe_data(budget=budget))
+    assert "the budget sets no bound" in text and "budget: none" in text
+
+
+def test_budget_none_measures_without_a_verdict(tmp_path):
+    recipe = parse_recipe(recipe_data(budget="none"), source="inline", base_dir=tmp_path)
+    assert recipe.budget.disabled and recipe.budget.limits() == {}
+    text = config_error(tmp_path, recipe_data(budget={"disabled": True, "max_kl": 0.1}))
+    assert "budget: none cannot be combined with bounds" in text
+
+
+def test_recommender_tasks_have_no_default_budget(tmp_path):
+    text = config_error(tmp_path, recipe_data(task="ctr"))
+    assert "budget" in text and "task 'ctr' has no default budget" in text
+
+
+def test_an_explicit_budget_holds_exactly_its_bounds(tmp_path):
+    recipe = parse_recipe(recipe_data(budget={"max_kl": 0.1}), source="inline", base_dir=tmp_path)
+    assert recipe.budget.limits() == {"max_kl": 0.1}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edgepack.config import Budget
+from edgepack.budget import Budget, default_budget
 from edgepack.verify import DriftCheck, check_budget, classification_metrics
 
 REFERENCE = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0], [5.0, 1.0, 1.0]])
@@ -98,21 +98,38 @@ def test_values_exactly_at_the_bound_pass():
     assert check_budget(at_bound, ALL_BOUNDS).passed
 
 
-def test_none_bounds_and_unknown_keys_are_skipped():
-    report = check_budget({**GOOD, "kl": 99.0}, {"max_accuracy_drop": 0.5, "max_kl": None, "max_latency": 1.0})
+def test_none_bounds_are_skipped_and_unknown_keys_refused():
+    report = check_budget({**GOOD, "kl": 99.0}, {"max_accuracy_drop": 0.5, "max_kl": None})
     assert [check.metric for check in report.checks] == ["accuracy_drop"]
     assert report.passed
+    with pytest.raises(ValueError, match="unknown budget bound 'max_latency'"):
+        check_budget(GOOD, {"max_latency": 1.0})
 
 
 def test_default_budget_checks_accuracy_and_agreement():
-    report = check_budget({**GOOD, "kl": 5.0, "relative_l2": 5.0}, Budget().model_dump())
+    report = check_budget({**GOOD, "kl": 5.0, "relative_l2": 5.0}, default_budget("classification").model_dump())
     assert {check.metric for check in report.checks} == {"accuracy_drop", "top1_agreement"}
     assert report.passed
 
 
-def test_missing_metric_is_not_checked():
+def test_a_bound_whose_metric_was_not_measured_fails():
     report = check_budget({"top1_agreement": 1.0}, ALL_BOUNDS)
-    assert [check.metric for check in report.checks] == ["top1_agreement"]
+    assert [check.metric for check in report.failures] == ["accuracy_drop", "kl", "relative_l2"]
+    assert not report.passed
+
+
+def test_every_bound_declares_a_metric_each_task_produces():
+    from edgepack.budget import BOUND_SPECS, bounds_for
+
+    assert set(BOUND_SPECS) == {name for name in Budget.model_fields if name not in ("segments", "disabled")}
+    assert bounds_for("classification") == ["max_accuracy_drop", "min_top1_agreement", "max_kl", "max_relative_l2"]
+    assert "max_logloss_increase" in bounds_for("ctr") and "max_logloss_increase" not in bounds_for("ranking")
+    produced = set(classification_metrics(REFERENCE, ARTIFACT, LABELS))
+    assert {BOUND_SPECS[name].metric for name in bounds_for("classification")} <= produced
+
+
+def test_a_disabled_budget_checks_nothing():
+    assert check_budget({**GOOD, "kl": 99.0}, Budget(disabled=True).model_dump()).checks == ()
 
 
 def test_nan_metric_fails():
