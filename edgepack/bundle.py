@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from pydantic import ValidationError
 
@@ -33,12 +35,14 @@ def sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def staging(destination: Path, *, force: bool = False) -> Iterator[Path]:
+def staging(destination: Path, *, force: bool = False,
+            on_clean: Optional[Callable[[str], None]] = None) -> Iterator[Path]:
     """Yield an empty directory next to `destination`; on success it replaces `destination` atomically
     (as far as the filesystem allows), on failure it is removed and `destination` is untouched.
 
     A non-empty `destination` is replaced only when it is an intact edgepack bundle (see
-    `why_not_replaceable`), or with `force`."""
+    `why_not_replaceable`), or with `force`. Staging and retired folders of dead runs are removed
+    first, each reported to `on_clean`."""
     destination = Path(destination)
     if destination.exists() and not destination.is_dir():
         raise ConfigError(f"output {destination} exists and is not a directory")
@@ -49,7 +53,10 @@ def staging(destination: Path, *, force: bool = False) -> Iterator[Path]:
                               "or pass --force to replace it anyway)")
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=destination.parent))
+        for removed in clean_stale(destination):
+            if on_clean is not None:
+                on_clean(removed)
+        stage = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-{os.getpid()}-", dir=destination.parent))
     except OSError as exc:
         raise ConfigError(f"cannot create output directory next to {destination}: {exc}") from exc
     try:
@@ -60,16 +67,53 @@ def staging(destination: Path, *, force: bool = False) -> Iterator[Path]:
     retired = None
     try:
         if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-{os.getpid()}-", dir=destination.parent))
             os.replace(destination, retired)
         os.replace(stage, destination)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
-        if retired is not None and not destination.exists():
-            os.replace(retired, destination)
+        if retired is not None:
+            if destination.exists():  # the old bundle never moved: drop the empty placeholder
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(retired, destination)
         raise ConfigError(f"cannot move the new bundle into {destination}: {exc}") from exc
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
+
+
+STALE_AGE_S = 24 * 3600  # folders of the older naming (no pid) count as stale after a day
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(destination: Path) -> list[str]:
+    """Remove `.NAME.staging-*` and `.NAME.old-*` folders next to `destination` left by runs that died
+    (killed, power loss): their pid is no longer running, or, without a pid in the name, they are
+    older than a day. Folders of a run still going are kept. Returns one line per removed folder."""
+    removed = []
+    for kind in ("staging", "old"):
+        for folder in Path(destination).parent.glob(f".{Path(destination).name}.{kind}-*"):
+            if not folder.is_dir():
+                continue
+            match = re.match(rf"\.{re.escape(Path(destination).name)}\.{kind}-(\d+)-", folder.name)
+            pid = int(match.group(1)) if match else None
+            stale = (pid != os.getpid() and not _alive(pid)) if pid is not None else \
+                time.time() - folder.stat().st_mtime > STALE_AGE_S
+            if stale:
+                size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+                shutil.rmtree(folder, ignore_errors=True)
+                owner = f"pid {pid}, no longer running" if pid is not None else "older than a day"
+                removed.append(f"removed {folder.name} ({size:,} bytes) left by a run that died ({owner})")
+    return removed
 
 
 BUNDLE_DOCUMENTS = frozenset({MANIFEST, REPORT, REPORT_HTML, LOG_NAME})

@@ -21,6 +21,18 @@ def _library_log():
     return library_output_to_log(bind, verbose=verbose)
 
 
+def _check_target_options(targets: tuple[str, ...]) -> None:
+    """An unknown --target is a usage error (exit 2), with the closest known name."""
+    from edgepack.errors import ConfigError
+    from edgepack.registry import check_target_name
+
+    for name in targets:
+        try:
+            check_target_name(name)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--target") from None
+
+
 def _handle_errors(command):
     """Turn EdgepackErrors (and unexpected exceptions) into one line on stderr and an exit code."""
 
@@ -36,6 +48,12 @@ def _handle_errors(command):
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt):
             raise
+        except OSError as exc:  # a full disk, a permission problem: name the file, not the exception class
+            if debug:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc} (errno {exc.errno})", err=True)
+            sys.exit(EXIT_ERROR)
         except Exception as exc:
             if debug:
                 raise
@@ -69,6 +87,7 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
     """Quantize, export and verify RECIPE's model for each target; write a bundle."""
     from edgepack.config import load_recipe
 
+    _check_target_options(targets)
     resolved = load_recipe(recipe, output=out, targets=targets)
     if dump_config:
         import yaml

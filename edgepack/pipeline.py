@@ -125,7 +125,8 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
         loaded, rewrites = _export_friendly(original, recipe, calibration)
     compressed = (compress(loaded.module, recipe, calibration, evaluation, progress)
                   if recipe.prune is not None or recipe.lowrank is not None else None)
-    with staging(recipe.output, force=force) as stage, tempfile.TemporaryDirectory(prefix="edgepack-") as scratch:
+    with (staging(recipe.output, force=force, on_clean=progress.warn) as stage,
+          tempfile.TemporaryDirectory(prefix="edgepack-") as scratch):
         reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
         reference_path.parent.mkdir()
         with progress.step("exporting and checking the fp32 ONNX reference"):
@@ -220,6 +221,7 @@ def _measure_source(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet,
     """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
     runner, runtime = _float_runner(loaded, recipe, reference_path)
     outputs = collect_outputs(runner, evaluation)
+    tasks.check_class_indices(recipe.task, evaluation, recipe.evaluation.labels, outputs)
     source = {"kind": loaded.kind, "description": loaded.description, "runtime": runtime,
               "metrics": tasks.quality(recipe.task, outputs, evaluation, recipe.evaluation),
               "latency": measure_batches(runner, evaluation.arrays, recipe.latency),

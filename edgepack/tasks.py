@@ -29,6 +29,19 @@ def check_labels(task: str, data: SampleSet, name: Optional[str]) -> None:
                         f"and must be >= 0, found {int(labels.min())}")
 
 
+def check_class_indices(task: str, data: SampleSet, name: Optional[str], outputs: np.ndarray) -> None:
+    """Classification labels must index the model's outputs: integers in [0, classes). Checked once the
+    float model's outputs show how many classes it has; a DataError names the data and the values."""
+    labels = data.labels
+    if task != "classification" or labels is None or outputs.ndim != 2:
+        return
+    classes = outputs.shape[1]
+    bad = labels[(labels < 0) | (labels >= classes) | (labels != np.round(labels))]
+    if bad.size:
+        raise DataError(f"{data.role} data {data.source}: labels '{name}' must be class indices 0..{classes - 1} "
+                        f"(the model has {classes} outputs), found {sorted(set(bad.tolist()))[:5]}")
+
+
 def _recommender(task: str, reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
     from edgepack.rec_metrics import recommender_metrics
 

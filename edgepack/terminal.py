@@ -125,7 +125,9 @@ def render_validation(manifest: dict) -> None:
 
 
 def render_bundle_check(check) -> None:
-    """One line per artifact with its re-measured drift and verdict."""
+    """One line per artifact with its re-measured drift and verdict; data warnings first."""
+    for warning in check.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     for path, report in check.reports.items():
         status = "[green]pass[/]" if report.passed else "[red]FAIL[/]"
         details = ", ".join(c.describe() for c in report.checks)

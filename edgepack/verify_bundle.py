@@ -25,6 +25,7 @@ class BundleCheck:
     bundle: Path
     samples: int
     reports: dict[str, DriftReport]
+    warnings: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -48,6 +49,7 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
     evaluation = load_sample_set(settings, inputs, role="evaluation", base_dir=Path.cwd(), labels=settings.labels,
                                  extras=tuple(settings.segments))
     reference = collect_outputs(OrtRunner(bundle / manifest.reference.path, threads=threads), evaluation)
+    tasks.check_class_indices(manifest.task, evaluation, settings.labels, reference)
     reports = {}
     for name, target_entry in manifest.targets.items():
         target = get_target(name)
@@ -57,7 +59,7 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
             metrics = tasks.drift_metrics(manifest.task, reference, collect_outputs(runner, evaluation), evaluation,
                                           settings)
             reports[artifact.path] = check_budget(metrics, artifact.budget)
-    return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports)
+    return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports, warnings=evaluation.warnings)
 
 
 def _check_host_isa(manifest: Manifest) -> None:

@@ -6,6 +6,7 @@ import csv
 import fnmatch
 import importlib
 import sys
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Union
 
@@ -39,14 +40,15 @@ def _read_npz(path: Path, wanted: list[str]) -> Found:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in wanted if name in archive.files}, list(archive.files)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read .npz archive: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot read .npz archive ({type(exc).__name__}: {exc}); is the file complete?"
+                        ) from exc
 
 
 def _read_npy(path: Path, wanted: list[str]) -> Found:
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: cannot read .npy array: {exc}") from exc
     return {wanted[0]: array}, [f"one unnamed array (read as '{wanted[0]}')"]
 

@@ -131,6 +131,16 @@ def test_evaluation_labels_missing(invoke, expect_error, recipe_factory, images,
     expect_error(result, f"evaluation data {data}", "no label array named 'label'", bundle=bundle)
 
 
+@pytest.mark.parametrize("bad", [10, -1])
+def test_labels_outside_the_models_classes_are_refused(invoke, expect_error, recipe_factory, images, tmp_path, bad):
+    labels = np.zeros(len(images), np.int64)
+    labels[3] = bad
+    data = save_npz(tmp_path / "eval_bad_labels.npz", image=images, label=labels)
+    result, _, bundle = pack_with(invoke, recipe_factory, lambda r: r["evaluation"].update(path=data))
+    expect_error(result, f"evaluation data {data}", "must be class indices 0..9 (the model has 10 outputs)",
+                 f"found [{bad}]", bundle=bundle)
+
+
 def test_missing_runtime_names_the_extra(invoke, expect_error, recipe_factory, monkeypatch):
     real_find_spec = importlib.util.find_spec
 

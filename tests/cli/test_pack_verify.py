@@ -90,6 +90,17 @@ def test_verify_fresh_bundle(packed, invoke):
     assert "Traceback" not in result.output
 
 
+def test_verify_warns_about_a_small_sample(packed, invoke, tmp_path):
+    import numpy as np
+
+    with np.load(packed.example / "eval.npz") as archive:
+        small = {name: archive[name][:40] for name in archive.files}
+    np.savez(tmp_path / "small.npz", **small)
+    result = invoke("verify", packed.bundle, "--data", tmp_path / "small.npz")
+    assert "warning:" in result.stderr and "only 40 samples; results are unreliable below 100" in squash(result.stderr)
+    assert "drift re-measured on 40 samples" in squash(result.stdout)
+
+
 def test_verify_detects_a_changed_byte(packed, invoke, expect_error, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(packed.bundle, copy)

@@ -215,3 +215,24 @@ def test_leftover_retired_directory_does_not_break_replacement(tmp_path):
         (stage / "new.onnx").write_bytes(b"new")
     assert entries(destination) == ["new.onnx"]
     assert not [name for name in entries(tmp_path) if ".staging-" in name]
+
+
+def test_stale_staging_of_dead_runs_is_cleaned_and_reported(tmp_path):
+    destination = tmp_path / "bundle"
+    dead = tmp_path / ".bundle.staging-999999999-abc"  # no process has this pid
+    (dead / "x86").mkdir(parents=True)
+    (dead / "x86" / "model.onnx").write_bytes(b"half-written")
+    retired = tmp_path / ".bundle.old-999999999-def"
+    retired.mkdir()
+    running = tmp_path / f".bundle.staging-{os.getppid()}-ghi"  # a live process: another run still packing
+    running.mkdir()
+    reported = []
+    with staging(destination, on_clean=reported.append) as stage:
+        (stage / "a.txt").write_text("a")
+    assert not dead.exists() and not retired.exists() and running.exists()
+    assert len(reported) == 2 and "12 bytes" in reported[0] and "pid 999999999, no longer running" in reported[0]
+
+
+def test_staging_names_carry_the_pid(tmp_path):
+    with staging(tmp_path / "bundle") as stage:
+        assert stage.name.startswith(f".bundle.staging-{os.getpid()}-")

@@ -262,7 +262,7 @@ def test_invalid_yaml_is_config_error(tmp_path):
     path.write_text("name: [unclosed\nmodel: {\n")
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_recipe(path)
-    assert str(path) in str(info.value)
+    assert f"{path}:2:" in str(info.value)  # file, line and column of the problem
 
 
 def test_non_string_output_is_config_error(tmp_path):

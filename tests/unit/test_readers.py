@@ -195,6 +195,14 @@ def test_corrupt_npz_rejected(tmp_path):
         load(tmp_path / "d.npz")
 
 
+def test_truncated_npz_names_the_file(tmp_path):
+    np.savez(tmp_path / "full.npz", image=np.zeros((64, 8), np.float32))
+    data = (tmp_path / "full.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut.npz: cannot read .npz archive \(BadZipFile"):
+        load(tmp_path / "cut.npz")
+
+
 def test_callable_errors_become_data_errors(tmp_path):
     (tmp_path / "ep_unit_bad_batches.py").write_text(CALLABLE)
     for name, words in [("not_mappings", "each batch must be a mapping"),
