@@ -29,6 +29,7 @@ from edgepack.onnx_export import check_against_torch, export_float_onnx
 from edgepack.progress import Progress, SilentProgress
 from edgepack.registry import get_target
 from edgepack.runners import OrtRunner, TorchRunner
+from edgepack.sanity import calibration_warnings, float_model_warnings
 from edgepack.speed_flags import flag_slow_artifacts
 from edgepack.targets.base import Artifact, ExportContext, Target
 from edgepack.verify import DriftReport, check_budget, collect_outputs
@@ -117,7 +118,7 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
     targets = resolve_targets(recipe)
     with progress.step("reading calibration and evaluation data"):
         calibration, evaluation = load_data(recipe)
-    warnings = calibration.warnings + evaluation.warnings
+    warnings = [*calibration.warnings, *evaluation.warnings, *calibration_warnings(calibration, evaluation)]
     for warning in warnings:
         progress.warn(warning)
     with progress.step("loading the float model"):
@@ -133,6 +134,9 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path)
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(original, recipe, evaluation, reference_path)
+        for warning in float_model_warnings(recipe.task, source["metrics"], evaluation):
+            progress.warn(warning)
+            warnings.append(warning)
         if rewrites:
             source["rewrites_for_export"] = rewrites
         student_module, student_onnx, pruning = loaded.module, reference_path, None
@@ -161,7 +165,8 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             manifest["library_log"] = {"path": LOG_NAME, "note": "what the libraries edgepack ran printed during "
                                        "pack (warnings, converter progress, runtime info); --verbose shows it live"}
         write_bundle_documents(stage, manifest)
-    return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results), warnings=warnings)
+    return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results),
+                      warnings=tuple(warnings))
 
 
 def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None,

@@ -1,0 +1,42 @@
+"""Warnings for a float model at chance level and for calibration data unlike the evaluation data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgepack.calibration.dataset import SampleSet
+from edgepack.sanity import calibration_warnings, float_model_warnings
+
+
+def sample_set(arrays, labels=None, role="evaluation") -> SampleSet:
+    return SampleSet(role=role, source=f"{role}.npz", arrays=arrays, labels=labels, batch_size=32, sha256="0" * 64)
+
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((500, 1, 8, 8)).astype(np.float32)
+LABELS = RNG.integers(0, 10, 500)
+
+
+def test_a_float_model_at_chance_is_reported():
+    evaluation = sample_set({"image": IMAGES}, LABELS)
+    (warning,) = float_model_warnings("classification", {"accuracy": 0.113}, evaluation)
+    assert "accuracy 0.113" in warning and "chance level" in warning
+    assert float_model_warnings("classification", {"accuracy": 0.98}, evaluation) == []
+    assert "AUC is 0.502" in float_model_warnings("ctr", {"auc": 0.502}, evaluation)[0]
+    assert float_model_warnings("ctr", {"auc": 0.79}, evaluation) == []
+
+
+def test_noise_as_calibration_data_is_reported():
+    evaluation = sample_set({"image": IMAGES * 0.3})
+    uniform = sample_set({"image": RNG.random((200, 1, 8, 8)).astype(np.float32)}, role="calibration")
+    gaussian = sample_set({"image": RNG.normal(size=(200, 1, 8, 8)).astype(np.float32)}, role="calibration")
+    scaled = sample_set({"image": IMAGES * 30}, role="calibration")
+    for calibration in (uniform, gaussian, scaled):
+        (warning,) = calibration_warnings(calibration, evaluation)
+        assert "calibration data for input 'image' does not look like the evaluation data" in warning
+
+
+def test_a_held_out_split_of_the_same_data_is_not_reported():
+    evaluation = sample_set({"image": IMAGES[:300], "ids": np.arange(300)})
+    calibration = sample_set({"image": IMAGES[300:], "ids": np.arange(200)}, role="calibration")
+    assert calibration_warnings(calibration, evaluation) == []
