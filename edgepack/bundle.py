@@ -126,7 +126,7 @@ def why_not_replaceable(folder: Path) -> Optional[str]:
     if not (folder / MANIFEST).is_file():
         return "is a non-empty directory that is not an edgepack bundle"
     try:
-        manifest = open_manifest(folder).to_json_dict()
+        manifest = _previous_schema(folder) or open_manifest(folder).to_json_dict()
     except VerificationError as exc:
         return f"holds a {MANIFEST} that is not a valid edgepack manifest ({exc})"
     problems = check_checksums(folder, manifest)
@@ -137,6 +137,21 @@ def why_not_replaceable(folder: Path) -> Optional[str]:
                    if path.is_file() and str(path.relative_to(folder)) not in listed)
     if extra:
         return f"holds files the bundle does not list ({', '.join(extra[:5])})"
+    return None
+
+
+PREVIOUS_SCHEMAS = (1,)  # bundles of earlier edgepack versions: replaceable, not readable by verify
+
+
+def _previous_schema(folder: Path) -> Optional[dict]:
+    """The raw manifest of a bundle written by an earlier edgepack (same file-list keys), else None."""
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(raw, dict) and raw.get("schema_version") in PREVIOUS_SCHEMAS and \
+            isinstance(raw.get("reference"), dict) and isinstance(raw.get("targets"), dict):
+        return raw
     return None
 
 

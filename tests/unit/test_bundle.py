@@ -236,3 +236,13 @@ def test_stale_staging_of_dead_runs_is_cleaned_and_reported(tmp_path):
 def test_staging_names_carry_the_pid(tmp_path):
     with staging(tmp_path / "bundle") as stage:
         assert stage.name.startswith(f".bundle.staging-{os.getpid()}-")
+
+
+def test_a_bundle_of_the_previous_schema_is_replaced(tmp_path):
+    destination = tmp_path / "bundle"
+    destination.mkdir()
+    manifest = make_bundle(destination)
+    write_json(destination / MANIFEST, {**manifest, "schema_version": 1})
+    assert why_not_replaceable(destination) is None
+    write_json(destination / MANIFEST, {**manifest, "schema_version": 0})
+    assert "not a valid edgepack manifest" in why_not_replaceable(destination)
