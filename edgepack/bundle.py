@@ -119,6 +119,13 @@ def clean_stale(destination: Path) -> list[str]:
 BUNDLE_DOCUMENTS = frozenset({MANIFEST, REPORT, REPORT_HTML, LOG_NAME})
 
 
+def unlisted_files(folder: Path, manifest: dict) -> list[str]:
+    """Files in the bundle (relative paths) that its manifest does not list, besides its documents and log."""
+    listed = {entry["path"] for entry in iter_files(manifest)} | BUNDLE_DOCUMENTS
+    return sorted(str(path.relative_to(folder)) for path in Path(folder).rglob("*")
+                  if path.is_file() and str(path.relative_to(folder)) not in listed)
+
+
 def why_not_replaceable(folder: Path) -> Optional[str]:
     """None when `folder` is an intact edgepack bundle: a valid manifest, every listed file matching its
     checksum, and no file the bundle does not account for. Otherwise what is wrong, so that a folder
@@ -132,9 +139,7 @@ def why_not_replaceable(folder: Path) -> Optional[str]:
     problems = check_checksums(folder, manifest)
     if problems:
         return f"is an edgepack bundle whose files changed since packing ({'; '.join(problems[:3])})"
-    listed = {entry["path"] for entry in iter_files(manifest)} | BUNDLE_DOCUMENTS
-    extra = sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
-                   if path.is_file() and str(path.relative_to(folder)) not in listed)
+    extra = unlisted_files(folder, manifest)
     if extra:
         return f"holds files the bundle does not list ({', '.join(extra[:5])})"
     return None

@@ -128,14 +128,22 @@ def prune(recipe: Path, out: Path | None, force: bool) -> None:
               help="Evaluation data (.npz/.npy/.csv/.parquet) with the bundle's input names.")
 @click.option("--labels", help="Name of the label array or column (default: the recipe's).")
 @click.option("--threads", default=2, show_default=True, help="Runtime threads.")
+@click.option("--budget", "budget_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="YAML file of budget bounds to check against (instead of the bundle's own).")
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Take the budget from this recipe (instead of the bundle's own).")
 @_handle_errors
-def verify(bundle: Path, data: Path, labels: str | None, threads: int) -> None:
-    """Re-check BUNDLE: file checksums, then drift of every artifact on DATA against the bundle's budget."""
+def verify(bundle: Path, data: Path, labels: str | None, threads: int, budget_path: Path | None,
+           recipe_path: Path | None) -> None:
+    """Re-check BUNDLE: checksums and unlisted files, then drift of every artifact on DATA against a budget
+    (--budget or --recipe, else the bundle's own), and on the packing data the recorded metrics."""
+    from edgepack.config import load_budget
     from edgepack.terminal import render_bundle_check
     from edgepack.verify_bundle import verify_bundle
 
+    budget = load_budget(budget_path=budget_path, recipe_path=recipe_path)
     with _library_log():
-        check = verify_bundle(bundle, data, labels=labels, threads=threads)
+        check = verify_bundle(bundle, data, labels=labels, threads=threads, budget=budget)
     render_bundle_check(check)
     sys.exit(check.exit_code)
 

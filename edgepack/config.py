@@ -381,3 +381,28 @@ def load_recipe(path: Path | str, *, output: Path | None = None, targets: tuple[
             raise ConfigError(f"{path}: field 'output': expected a directory path, got {output_value!r}")
         data["output"] = str(Path(output_value).resolve())
     return parse_recipe(data, source=str(path), base_dir=path.parent.resolve())
+
+
+def load_budget(*, budget_path: Path | None, recipe_path: Path | None) -> Budget | None:
+    """A budget kept outside the bundle: a YAML file of bounds, or a recipe's budget; None when neither."""
+    if budget_path is not None and recipe_path is not None:
+        raise ConfigError("give --budget or --recipe, not both")
+    if recipe_path is not None:
+        return load_recipe(recipe_path).budget
+    if budget_path is None:
+        return None
+    path = Path(budget_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: budget file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read budget: {str(exc).splitlines()[0]}") from exc
+    if isinstance(data, dict) and "budget" in data and len(data) == 1:
+        data = data["budget"]
+    try:
+        return Budget.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'budget'}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc

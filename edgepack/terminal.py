@@ -125,14 +125,26 @@ def render_validation(manifest: dict) -> None:
 
 
 def render_bundle_check(check) -> None:
-    """One line per artifact with its re-measured drift and verdict; data warnings first."""
+    """One line per artifact with its absolute metrics, re-measured drift and verdict; warnings first,
+    then what the manifest itself recorded."""
     for warning in check.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     for path, report in check.reports.items():
         status = "[green]pass[/]" if report.passed else "[red]FAIL[/]"
-        details = ", ".join(c.describe() for c in report.checks)
-        out.print(f"{status} {path}: {details}")
-    out.print(f"checksums ok; drift re-measured on {check.samples} samples")
+        details = ", ".join(c.describe() for c in report.checks) or "no bound checked"
+        out.print(f"{status} {escape(path)}: {_absolute(report.metrics)}; {details}")
+    for failure in check.recorded_failures:
+        console.print(f"[red]recorded verdict FAILED:[/] {escape(failure)} (the manifest says so at packing time)")
+    same = "; on the packing data, every recorded metric was reproduced" if check.same_data else ""
+    out.print(f"checksums ok, no unlisted files; drift re-measured on {check.samples} samples{same}")
+
+
+def _absolute(metrics: dict) -> str:
+    """Float and artifact quality side by side (accuracy or AUC), for a verdict that shows what it judges."""
+    for name in ("accuracy", "auc"):
+        if f"reference_{name}" in metrics and name in metrics:
+            return f"{name} {metrics[f'reference_{name}']:.4f} (float) → {metrics[name]:.4f}"
+    return f"top-1 agreement {metrics['top1_agreement']:.4f}" if "top1_agreement" in metrics else "—"
 
 
 def render_bench(figures: dict) -> None:

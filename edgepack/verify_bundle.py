@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from edgepack import tasks
-from edgepack.bundle import check_checksums, open_manifest
+from edgepack.budget import Budget
+from edgepack.bundle import check_checksums, open_manifest, unlisted_files
 from edgepack.calibration.dataset import load_sample_set
 from edgepack.config import EvaluationConfig, InputSpec
 from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
@@ -17,30 +19,47 @@ from edgepack.registry import get_target
 from edgepack.runners import OrtRunner
 from edgepack.verify import DriftReport, check_budget, collect_outputs
 
+RECORDED_ABS_TOLERANCE = 2e-3  # accuracy, agreement, AUC: a sample or two of 1,000 may flip across hosts
+RECORDED_REL_TOLERANCE = 0.05  # KL, relative L2: rounding of a different build or thread count
+UNTRUSTED_BUDGET = ("budget taken from the bundle's own manifest: whoever can edit the bundle can loosen it; "
+                    "pass --budget FILE or --recipe FILE to check against bounds you keep")
+
 
 @dataclass(frozen=True)
 class BundleCheck:
-    """Drift of each artifact against the bundle's own fp32 reference, on new data."""
+    """Drift of each artifact against the bundle's own fp32 reference, on new data, and what that says
+    about the verdict recorded at packing time."""
 
     bundle: Path
     samples: int
     reports: dict[str, DriftReport]
     warnings: tuple[str, ...] = ()
+    recorded_failures: tuple[str, ...] = ()  # targets the manifest itself records as failed or in error
+    same_data: bool = False  # the data is the evaluation set the bundle was packed with (same sha256)
 
     @property
     def exit_code(self) -> int:
-        """0 when every artifact is within budget, EXIT_DRIFT otherwise."""
-        return EXIT_OK if all(report.passed for report in self.reports.values()) else EXIT_DRIFT
+        """0 when every artifact is within budget and the recorded verdict passed, EXIT_DRIFT otherwise."""
+        passed = all(report.passed for report in self.reports.values()) and not self.recorded_failures
+        return EXIT_OK if passed else EXIT_DRIFT
 
 
-def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, threads: int = 2) -> BundleCheck:
-    """Check every checksum, then run the reference and each artifact on `data` and compare with the budget."""
+def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, threads: int = 2,
+                  budget: Optional[Budget] = None) -> BundleCheck:
+    """Check every checksum and that no file was added, then run the reference and each artifact on
+    `data` and compare with the budget (`budget`, else the manifest's, with a warning). On the data the
+    bundle was packed with, re-measured metrics must equal the recorded ones (within tolerance)."""
     bundle = Path(bundle)
     manifest = open_manifest(bundle)
-    problems = check_checksums(bundle, manifest.to_json_dict())
+    problems = check_checksums(bundle, manifest.to_json_dict()) + [
+        f"{name}: not listed in the manifest (added after packing)"
+        for name in unlisted_files(bundle, manifest.to_json_dict())]
     if problems:
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
     _check_host_isa(manifest)
+    misfit = budget.problems_for(manifest.task) if budget is not None else []
+    if misfit:
+        raise VerificationError("the given budget does not fit this bundle: " + "; ".join(misfit))
     recipe = manifest.recipe
     inputs = [InputSpec(**spec) for spec in recipe["inputs"]]
     settings = EvaluationConfig.model_validate({**recipe["evaluation"], "path": Path(data).resolve(), "callable": None,
@@ -50,6 +69,8 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
                                  extras=tuple(settings.segments))
     reference = collect_outputs(OrtRunner(bundle / manifest.reference.path, threads=threads), evaluation)
     tasks.check_class_indices(manifest.task, evaluation, settings.labels, reference)
+    warnings = list(evaluation.warnings) + ([UNTRUSTED_BUDGET] if budget is None else [])
+    same_data = evaluation.sha256 == manifest.evaluation.sha256
     reports = {}
     for name, target_entry in manifest.targets.items():
         target = get_target(name)
@@ -58,8 +79,29 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
             runner = target.runner(bundle / artifact.path, threads=threads)
             metrics = tasks.drift_metrics(manifest.task, reference, collect_outputs(runner, evaluation), evaluation,
                                           settings)
-            reports[artifact.path] = check_budget(metrics, artifact.budget)
-    return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports, warnings=evaluation.warnings)
+            if same_data:
+                _compare_with_recorded(artifact.path, metrics, artifact.metrics)
+            bounds = budget.model_dump() if budget is not None else artifact.budget
+            reports[artifact.path] = check_budget(metrics, bounds)
+    recorded = tuple(f"{name}: {entry.status}" + (f" ({entry.error})" if entry.error else "")
+                     for name, entry in manifest.targets.items() if entry.status != "passed")
+    return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports, warnings=tuple(warnings),
+                       recorded_failures=recorded, same_data=same_data)
+
+
+def _compare_with_recorded(path: str, measured: dict, recorded: dict) -> None:
+    """On the packing data, a recorded metric that the artifact does not reproduce means the manifest
+    (or the artifact, with its checksum rewritten) was changed: refuse, naming the metric."""
+    for key, was in recorded.items():
+        now = measured.get(key)
+        if not isinstance(was, (int, float)) or not isinstance(now, (int, float)) or key == "samples":
+            continue
+        if math.isnan(was) and math.isnan(now):
+            continue
+        tolerance = max(RECORDED_ABS_TOLERANCE, RECORDED_REL_TOLERANCE * abs(was))
+        if not abs(now - was) <= tolerance:
+            raise VerificationError(f"{path}: re-measured {key} {now:.6g} differs from the recorded {was:.6g} on the "
+                                    "data the bundle was packed with: the manifest or the artifact was changed")
 
 
 def _check_host_isa(manifest: Manifest) -> None:

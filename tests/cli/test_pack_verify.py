@@ -85,9 +85,39 @@ def test_manifest_records_the_passing_target(packed):
 def test_verify_fresh_bundle(packed, invoke):
     result = invoke("verify", packed.bundle, "--data", packed.example / "eval.npz")
     assert result.exit_code == 0, result.output
-    assert f"pass {INT8}: accuracy_drop" in squash(result.stdout)
-    assert "checksums ok; drift re-measured on 1000 samples" in squash(result.stdout)
+    line = next(line for line in result.stdout.splitlines() if line.startswith(f"pass {INT8}: accuracy "))
+    assert "(float) →" in line and "accuracy_drop" in line and "top1_agreement" in line
+    assert ("checksums ok, no unlisted files; drift re-measured on 1000 samples; on the packing data, every "
+            "recorded metric was reproduced") in squash(result.stdout)
+    assert "budget taken from the bundle's own manifest" in squash(result.stderr)
     assert "Traceback" not in result.output
+
+
+def test_verify_against_a_budget_kept_outside_the_bundle(packed, invoke, expect_error, tmp_path):
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("min_top1_agreement: 1.0\nmax_kl: 0.0\n")
+    result = invoke("verify", packed.bundle, "--data", packed.example / "eval.npz", "--budget", strict)
+    assert result.exit_code == 3, result.output
+    assert f"FAIL {INT8}" in result.stdout and "budget taken from" not in result.stderr
+    wrong_task = tmp_path / "ctr.yaml"
+    wrong_task.write_text("budget: {max_auc_drop: 0.01}\n")
+    result = invoke("verify", packed.bundle, "--data", packed.example / "eval.npz", "--budget", wrong_task)
+    expect_error(result, "the given budget does not fit this bundle", "max_auc_drop")
+
+
+def test_verify_refuses_edited_metrics_and_added_files(packed, invoke, expect_error, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(packed.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["targets"]["x86"]["artifacts"][0]["metrics"]["top1_agreement"] = 0.5
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("verify", copy, "--data", packed.example / "eval.npz")
+    expect_error(result, f"{INT8}: re-measured top1_agreement", "differs from the recorded 0.5")
+    shutil.rmtree(copy)
+    shutil.copytree(packed.bundle, copy)
+    (copy / "x86" / "extra.onnx").write_bytes(b"smuggled")
+    result = invoke("verify", copy, "--data", packed.example / "eval.npz")
+    expect_error(result, "x86/extra.onnx: not listed in the manifest")
 
 
 def test_verify_warns_about_a_small_sample(packed, invoke, tmp_path):
@@ -158,6 +188,12 @@ def test_impossible_budget_exits_3_and_keeps_the_bundle(invoke, recipe_factory):
     result = invoke("pack", write(recipe))
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.output
+    # verify honours the recorded verdict even with a budget the artifact meets
+    loose = Path(recipe["output"]).parent / "loose.yaml"
+    loose.write_text("min_top1_agreement: 0.5\n")
+    checked = invoke("verify", recipe["output"], "--data", Path(recipe["evaluation"]["path"]), "--budget", loose)
+    assert checked.exit_code == 3, checked.output
+    assert "recorded verdict FAILED: x86: failed" in squash(checked.stderr)
     stderr = squash(result.stderr)
     assert f"drift over budget: target x86 ({INT8}): kl" in stderr
     assert "budget max 0" in stderr
