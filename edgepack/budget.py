@@ -60,6 +60,11 @@ class Budget(BaseModel):
     max_recall_drop: Optional[float] = _bound("recall_drop", "max", RECOMMENDER)
     max_calibration_shift: Optional[float] = _bound("calibration_shift_abs", "max", ("ctr",),
                                                     "|mean predicted probability change|", ge=0.0)
+    min_reference_accuracy: Optional[float] = _bound(
+        "reference_accuracy", "min", CLASSIFICATION, "floor on the float model's own accuracy (a fraction): a broken "
+        "model or mismatched evaluation data fails instead of drifting 0.0 from its broken copy", ge=0.0, le=1.0)
+    min_reference_auc: Optional[float] = _bound(
+        "reference_auc", "min", RECOMMENDER, "floor on the float model's own AUC", ge=0.0, le=1.0)
     min_spearman: Optional[float] = _bound("spearman", "min", RECOMMENDER, ge=-1.0, le=1.0)
     min_topk_overlap: Optional[float] = _bound("topk_overlap", "min", RECOMMENDER, ge=0.0, le=1.0)
     segments: bool = Field(True, description="ctr/ranking: apply the drift bounds to every segment too")

@@ -122,7 +122,8 @@ def test_every_bound_declares_a_metric_each_task_produces():
     from edgepack.budget import BOUND_SPECS, bounds_for
 
     assert set(BOUND_SPECS) == {name for name in Budget.model_fields if name not in ("segments", "disabled")}
-    assert bounds_for("classification") == ["max_accuracy_drop", "min_top1_agreement", "max_kl", "max_relative_l2"]
+    assert bounds_for("classification") == ["max_accuracy_drop", "min_top1_agreement", "max_kl", "max_relative_l2",
+                                            "min_reference_accuracy"]
     assert "max_logloss_increase" in bounds_for("ctr") and "max_logloss_increase" not in bounds_for("ranking")
     produced = set(classification_metrics(REFERENCE, ARTIFACT, LABELS))
     assert {BOUND_SPECS[name].metric for name in bounds_for("classification")} <= produced
@@ -153,3 +154,20 @@ def test_report_to_dict():
 ])
 def test_drift_check_describe(check, text):
     assert check.describe() == text
+
+
+def test_a_floor_on_the_float_model_fails_a_broken_one():
+    broken = {**GOOD, "reference_accuracy": 0.113, "accuracy": 0.113, "accuracy_drop": 0.0}
+    report = check_budget(broken, {"max_accuracy_drop": 0.5, "min_reference_accuracy": 0.9})
+    assert [check.metric for check in report.failures] == ["reference_accuracy"]
+    assert report.failures[0].describe() == "reference_accuracy 0.113 < min 0.9"
+
+
+def test_every_recommender_bound_names_a_metric_the_task_produces():
+    from edgepack.budget import BOUND_SPECS, bounds_for
+    from edgepack.rec_metrics import recommender_metrics
+
+    metrics = recommender_metrics(np.array([0.1, 0.9, 0.3, 0.7]), np.array([0.2, 0.8, 0.3, 0.6]),
+                                  np.array([0, 1, 0, 1]), groups=np.array([0, 0, 1, 1]), k=1)
+    metrics["calibration_shift_abs"] = abs(metrics["calibration_shift"])  # added by edgepack.tasks
+    assert {BOUND_SPECS[name].metric for name in bounds_for("ctr")} <= set(metrics)
