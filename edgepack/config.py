@@ -403,6 +403,6 @@ def load_budget(*, budget_path: Path | None, recipe_path: Path | None) -> Budget
     try:
         return Budget.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'budget'}: {err['msg']}"
-                             for err in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
+        # the recipe's error wording (field path, did-you-mean), with the bounds placed under `budget`
+        raise ConfigError("; ".join(_format_error(str(path), {**error, "loc": ("budget", *error["loc"])})
+                                    for error in exc.errors())) from exc

@@ -87,8 +87,9 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
     key = json.dumps([str(float_path), settings.embedding_bits, method.model_dump(), list(input_names)])
     memo = scratch / "prepared.json"
     with _quiet():
-        if memo.is_file() and json.loads(memo.read_text())["key"] == key:
-            tables, float_nodes = (json.loads(memo.read_text())[name] for name in ("tables", "float_nodes"))
+        cached = json.loads(memo.read_text()) if memo.is_file() else {}
+        if cached.get("key") == key:
+            tables, float_nodes = cached["tables"], cached["float_nodes"]
         else:
             try:
                 quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)

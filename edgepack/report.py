@@ -99,17 +99,22 @@ def _table_lines(manifest: dict) -> list[str]:
     rows = embedding_table_rows(manifest)
     if not rows:
         return []
-    return ["", "## Embedding tables", "", "| " + " | ".join(EMBEDDING_HEADERS) + " |",
-            "|" + "---|" * len(EMBEDDING_HEADERS), *["| " + " | ".join(row) + " |" for row in rows]]
+    return ["", "## Embedding tables", "", *_markdown_table(EMBEDDING_HEADERS, rows)]
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Header, separator and one line per row of a Markdown table."""
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *["| " + " | ".join(row) + " |" for row in rows]]
 
 
 def _validation_lines(manifest: dict) -> list[str]:
     rows = validation_rows(manifest)
     if not rows:
         return []
-    return ["", "## Where and how each artifact was validated", "", "| " + " | ".join(VALIDATION_HEADERS) + " |",
-            "|" + "---|" * len(VALIDATION_HEADERS), *["| " + " | ".join(row) + " |" for row in rows],
-            *(["", *[f"- {line}" for line in isa_lines(manifest)]] if isa_lines(manifest) else [])]
+    isa = [f"- {line}" for line in isa_lines(manifest)]
+    return ["", "## Where and how each artifact was validated", "", *_markdown_table(VALIDATION_HEADERS, rows),
+            *(["", *isa] if isa else [])]
 
 
 def _bench_lines(bench: dict) -> list[str]:

@@ -51,12 +51,12 @@ class TorchRunner:
 
 
 def ort_session(model: Path | bytes, *, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                fake_quant: bool = False):
+                fake_quant: bool = False, profile_prefix: str | None = None):
     """An onnxruntime session with a fixed thread count on the first available of `providers`.
 
     With `fake_quant`, QuantizeLinear/DequantizeLinear pairs stay unfused, so every op runs in float
     between them: the arithmetic of int32 accumulation (TensorRT, VNNI) without the host's integer
-    kernels."""
+    kernels. With `profile_prefix`, onnxruntime's profiler writes its JSON there."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -67,12 +67,16 @@ def ort_session(model: Path | bytes, *, threads: int, providers: tuple[str, ...]
     options.log_severity_level = 3
     if fake_quant:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     available = set(ort.get_available_providers())
     chosen = [provider for provider in providers if provider in available] or ["CPUExecutionProvider"]
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=options, providers=chosen)
 
 
+FAKE_QUANT_DEVICE = " (fake-quant emulation)"  # appended to the provider name of an emulated run
 X86_BUILD_OF_ARM_KERNELS = ("x86 build of the runtime's int8 kernels (int32 accumulation, as on ARM); the phone's "
                             "ARM kernels (dotprod/i8mm) were not run here")
 
@@ -85,7 +89,7 @@ class OrtRunner:
                  emulation: str | None = None, arithmetic: str = "the execution provider's own kernels"):
         """`emulation` (a description) runs a QDQ model as fake-quant; `arithmetic` describes the native run."""
         self.session = ort_session(path, threads=threads, providers=providers, fake_quant=emulation is not None)
-        self.device = self.session.get_providers()[0] + (" (fake-quant emulation)" if emulation else "")
+        self.device = self.session.get_providers()[0] + (FAKE_QUANT_DEVICE if emulation else "")
         self.arithmetic = emulation or arithmetic
         self.fixed_batch = 1
         self.input_names = [node.name for node in self.session.get_inputs()]

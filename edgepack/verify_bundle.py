@@ -51,9 +51,9 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
     bundle was packed with, re-measured metrics must equal the recorded ones (within tolerance)."""
     bundle = Path(bundle)
     manifest = open_manifest(bundle)
-    problems = check_checksums(bundle, manifest.to_json_dict()) + [
-        f"{name}: not listed in the manifest (added after packing)"
-        for name in unlisted_files(bundle, manifest.to_json_dict())]
+    stored = manifest.to_json_dict()
+    problems = check_checksums(bundle, stored) + [f"{name}: not listed in the manifest (added after packing)"
+                                                  for name in unlisted_files(bundle, stored)]
     if problems:
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
     _check_host_isa(manifest)

@@ -349,3 +349,15 @@ def test_recommender_tasks_have_no_default_budget(tmp_path):
 def test_an_explicit_budget_holds_exactly_its_bounds(tmp_path):
     recipe = parse_recipe(recipe_data(budget={"max_kl": 0.1}), source="inline", base_dir=tmp_path)
     assert recipe.budget.limits() == {"max_kl": 0.1}
+
+
+def test_a_budget_file_is_read_with_the_recipes_error_wording(tmp_path):
+    from edgepack.config import load_budget
+
+    path = tmp_path / "bounds.yaml"
+    path.write_text("max_auc_drop: 0.01\nmin_spearman: 0.9\n")
+    assert load_budget(budget_path=path, recipe_path=None).limits() == {"max_auc_drop": 0.01, "min_spearman": 0.9}
+    path.write_text("max_kll: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'budget.max_kll'; did you mean 'max_kl'"):
+        load_budget(budget_path=path, recipe_path=None)
+    assert load_budget(budget_path=None, recipe_path=None) is None

@@ -19,8 +19,10 @@ from typing import Callable
 
 import numpy as np
 
+from edgepack.calibration.dataset import SampleSet
 from edgepack.latency import make_batch, measure
 from edgepack.runners import OrtRunner
+from edgepack.verify import collect_outputs
 
 SCHEMES = {
     "int8-7bit": "int8 weights in [-64, 64] on pair-summed layers (reduce_range), 8 bits on depthwise convs; "
@@ -53,23 +55,16 @@ class SchemeMeasurement:
                 "top1_agreement": self.top1_agreement, f"median_ms_batch_{LATENCY_BATCH}": self.median_ms}
 
 
-def _outputs(runner, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    parts = []
-    for start in range(0, len(next(iter(arrays.values()))), 64):
-        parts.append(np.asarray(runner({k: v[start:start + 64] for k, v in arrays.items()})[0], dtype=np.float64))
-    return np.concatenate(parts)
-
-
-def measure_scheme(scheme: str, path: Path, reference: np.ndarray, arrays: dict[str, np.ndarray], *,
+def measure_scheme(scheme: str, path: Path, reference: np.ndarray, samples: SampleSet, *,
                    threads: int) -> SchemeMeasurement:
     """Output error against the float reference and batch-64 latency of one quantized file."""
     runner = OrtRunner(path, threads=threads)
-    outputs = _outputs(runner, arrays)
+    outputs = collect_outputs(runner, samples)
     error = float(np.linalg.norm(outputs - reference)) / max(float(np.linalg.norm(reference)), 1e-12)
     agreement = None
     if reference.ndim == 2 and reference.shape[1] > 1:
         agreement = float((outputs.argmax(axis=1) == reference.argmax(axis=1)).mean())
-    latency = measure(runner, make_batch(arrays, LATENCY_BATCH), warmup=3, repeats=20)["median_ms"]
+    latency = measure(runner, make_batch(samples.arrays, LATENCY_BATCH), warmup=3, repeats=20)["median_ms"]
     return SchemeMeasurement(scheme=scheme, relative_l2=error, top1_agreement=agreement, median_ms=latency, path=path)
 
 
@@ -97,16 +92,17 @@ def choose(measurements: list[SchemeMeasurement]) -> tuple[SchemeMeasurement, st
     return chosen, reason
 
 
-def portable_int8(quantize: Callable[[str, Path], None], float_onnx: Path, calibration, scratch: Path, *,
-                  threads: int) -> tuple[SchemeMeasurement, list[SchemeMeasurement], str]:
+def portable_int8(quantize: Callable[[str, Path], None], float_onnx: Path, calibration: SampleSet, scratch: Path,
+                  *, threads: int) -> tuple[SchemeMeasurement, list[SchemeMeasurement], str]:
     """Quantize with each portable scheme (`quantize(scheme, path)`), measure, and pick one."""
-    arrays = {name: array[:CHECK_SAMPLES] for name, array in calibration.arrays.items()}
-    reference = _outputs(OrtRunner(float_onnx, threads=threads), arrays)
+    samples = dataclasses.replace(calibration, labels=None, extras={},
+                                  arrays={name: array[:CHECK_SAMPLES] for name, array in calibration.arrays.items()})
+    reference = collect_outputs(OrtRunner(float_onnx, threads=threads), samples)
     measurements = []
     for scheme in SCHEMES:
         path = scratch / f"portable.{scheme}.onnx"
         quantize(scheme, path)
-        measurements.append(measure_scheme(scheme, path, reference, arrays, threads=threads))
+        measurements.append(measure_scheme(scheme, path, reference, samples, threads=threads))
     chosen, reason = choose(measurements)
     return chosen, measurements, reason
 
