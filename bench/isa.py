@@ -10,9 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgepack.bench import EAGER, ONNX_FP32
-from edgepack.config import load_recipe
+from edgepack.benchmark.bench import EAGER, ONNX_FP32
 from edgepack.pipeline import pack
+from edgepack.recipe.load import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {"image": (ROOT / "examples" / "image_classifier" / "recipe.yaml", "accuracy_drop", "points"),

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgepack.config import load_recipe
-from edgepack.distill import distill
-from edgepack.model import load_model
+from edgepack.compression.distill import distill
+from edgepack.compression.prune import prune_model
+from edgepack.model.load import load_model
 from edgepack.pipeline import pack
-from edgepack.prune import prune_model
+from edgepack.recipe.load import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNED_RECIPE = ROOT / "examples" / "image_classifier" / "recipe_pruned.yaml"

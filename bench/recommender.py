@@ -7,8 +7,8 @@ import importlib.util
 import tempfile
 from pathlib import Path
 
-from edgepack.config import load_recipe
 from edgepack.pipeline import pack
+from edgepack.recipe.load import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "recommender" / "recipe.yaml"

@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgepack.bench import EAGER, BenchSettings, bench_bundle
-from edgepack.config import load_recipe
+from edgepack.benchmark.bench import EAGER, BenchSettings, bench_bundle
+from edgepack.bundle.build import machine_facts
 from edgepack.isa import host_isa
-from edgepack.manifest import machine_facts
 from edgepack.pipeline import pack
+from edgepack.recipe.load import load_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isa import isa_schemes  # noqa: E402

@@ -4,7 +4,7 @@ On x86, onnxruntime's U8S8 kernels add pairs of u8 x s8 products into a saturati
 (vpmaddubsw) unless the CPU has a dot-product instruction with int32 accumulation (AVX512-VNNI,
 AVX-VNNI, AMX-INT8). On ARM, the dot-product (asimddp) and i8mm features decide which int8
 kernels run. A result validated on one kind of CPU says nothing about the other kind unless the
-artifact's arithmetic cannot saturate (see edgepack.saturation).
+artifact's arithmetic cannot saturate (see edgepack.quantization.saturation).
 """
 
 from __future__ import annotations

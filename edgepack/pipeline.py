@@ -11,28 +11,28 @@ from typing import Optional
 
 import numpy as np
 
-from edgepack import tasks
-from edgepack.bag_rewrite import rewrite_embedding_bags
-from edgepack.bench import BenchSettings, bench_bundle
-from edgepack.bundle import sha256_file, staging
+from edgepack.benchmark.bench import BenchSettings, bench_bundle
+from edgepack.bundle.build import build_manifest
+from edgepack.bundle.documents import write_bundle_documents
+from edgepack.bundle.files import sha256_file, staging
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.capture import LOG_NAME
-from edgepack.compress import compress, compression_manifest, save_compressed
-from edgepack.config import Recipe
-from edgepack.documents import write_bundle_documents
+from edgepack.compression.compress import compress, compression_manifest, save_compressed
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
+from edgepack.evaluation import tasks
+from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
+from edgepack.evaluation.latency import measure_batches
+from edgepack.evaluation.runners import OrtRunner, TorchRunner
+from edgepack.evaluation.sanity import calibration_warnings, float_model_warnings
+from edgepack.evaluation.speed_flags import flag_slow_artifacts
 from edgepack.isa import host_isa
-from edgepack.latency import measure_batches
-from edgepack.manifest import build_manifest
-from edgepack.model import LoadedModel, count_params_and_macs, load_model
-from edgepack.onnx_export import check_against_torch, export_float_onnx
+from edgepack.model.bag_rewrite import rewrite_embedding_bags
+from edgepack.model.load import LoadedModel, count_params_and_macs, load_model
+from edgepack.model.onnx_export import check_against_torch, export_float_onnx
 from edgepack.progress import Progress, SilentProgress
+from edgepack.recipe.schema import Recipe
 from edgepack.registry import get_target
-from edgepack.runners import OrtRunner, TorchRunner
-from edgepack.sanity import calibration_warnings, float_model_warnings
-from edgepack.speed_flags import flag_slow_artifacts
 from edgepack.targets.base import Artifact, ExportContext, Target
-from edgepack.verify import DriftReport, check_budget, collect_outputs
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "model.fp32.onnx"
@@ -178,7 +178,7 @@ def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_pat
 
 
 def _export_friendly(loaded: LoadedModel, recipe: Recipe, calibration: SampleSet) -> tuple[LoadedModel, list[str]]:
-    """The module every export starts from: nn.EmbeddingBag rewritten (edgepack.bag_rewrite), checked to
+    """The module every export starts from: nn.EmbeddingBag rewritten (edgepack.model.bag_rewrite), checked to
     give the float model's outputs on calibration samples. The float model itself is still what is
     measured as the baseline."""
     if loaded.module is None:

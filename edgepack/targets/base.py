@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgepack.calibration.dataset import SampleSet
 from edgepack.calibration.methods import CalibrationMethod
-from edgepack.config import InputSpec, QuantizationConfig, Recipe
 from edgepack.errors import ConfigError, MissingDependencyError
-from edgepack.runners import Runner
+from edgepack.evaluation.runners import Runner
+from edgepack.recipe.schema import InputSpec, QuantizationConfig, Recipe
 
 if TYPE_CHECKING:
     import torch

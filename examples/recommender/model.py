@@ -31,7 +31,7 @@ class DeepFM(nn.Module):
         # SequenceEmpty, 60x slower at batch 256) and which litert-torch and ExecuTorch cannot run.
         # An Embedding + mean over the non-padding slots is the same function as
         # EmbeddingBag(mode="mean", padding_idx=0) and exports to Gather/ReduceSum. (edgepack now
-        # does this rewrite itself for models that use nn.EmbeddingBag: see edgepack/bag_rewrite.py.)
+        # does this rewrite itself for models that use nn.EmbeddingBag: see edgepack/model/bag_rewrite.py.)
         self.genres = nn.Embedding(vocab["genres"], field_dim, padding_idx=0)
         self.dense = nn.Linear(num_dense, field_dim)
         # The FM needs one width for every field: the 128-d id embeddings are projected to 16.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgepack.cli import main
+from edgepack.cli.main import main
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgepack.config import parse_recipe
 from edgepack.pipeline import pack
+from edgepack.recipe.load import parse_recipe
 from tests.conftest import base_recipe
 
 

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from click.testing import CliRunner
 
-from edgepack.cli import main
+from edgepack.cli.main import main
 
 pytestmark = pytest.mark.e2e
 

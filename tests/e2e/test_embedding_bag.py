@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from edgepack.config import load_recipe
 from edgepack.errors import EXIT_OK
 from edgepack.pipeline import pack
+from edgepack.recipe.load import load_recipe
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from edgepack.cli import main
+from edgepack.cli.main import main
 from edgepack.errors import EXIT_OK
 from edgepack.isa import HostIsa, host_isa
-from edgepack.saturation import integer_layers, weight_bound
+from edgepack.quantization.saturation import integer_layers, weight_bound
 from edgepack.targets.cuda.target import TENSORRT_EMULATION
 from edgepack.targets.x86.portable import SCHEMES
 from edgepack.targets.x86.target import REQUIRES_KEY, VNNI_EMULATION, required_isa
@@ -92,7 +92,7 @@ def test_cuda_int8_is_checked_as_tensorrt_computes_it(vnni_bundle):
 
 
 def test_verify_refuses_a_vnni_artifact_on_a_host_without_vnni(vnni_bundle, trained_example, monkeypatch):
-    monkeypatch.setattr("edgepack.verify_bundle.host_isa", lambda: AVX2_ONLY)
+    monkeypatch.setattr("edgepack.bundle.check.host_isa", lambda: AVX2_ONLY)
     result = CliRunner().invoke(main, ["verify", str(vnni_bundle.bundle), "--data", str(trained_example / "eval.npz")])
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
@@ -101,6 +101,6 @@ def test_verify_refuses_a_vnni_artifact_on_a_host_without_vnni(vnni_bundle, trai
 
 
 def test_verify_accepts_the_portable_bundle_on_a_host_without_vnni(packed, trained_example, monkeypatch):
-    monkeypatch.setattr("edgepack.verify_bundle.host_isa", lambda: AVX2_ONLY)
+    monkeypatch.setattr("edgepack.bundle.check.host_isa", lambda: AVX2_ONLY)
     result = CliRunner().invoke(main, ["verify", str(packed.bundle), "--data", str(trained_example / "eval.npz")])
     assert result.exit_code == EXIT_OK, result.output

@@ -8,10 +8,10 @@ import onnx
 import pytest
 import torch
 
-from edgepack.bundle import sha256_file
-from edgepack.config import parse_recipe
+from edgepack.bundle.check import verify_bundle
+from edgepack.bundle.files import sha256_file
 from edgepack.errors import EXIT_DRIFT, EXIT_OK
-from edgepack.verify_bundle import verify_bundle
+from edgepack.recipe.load import parse_recipe
 from tests.conftest import base_recipe
 from tests.e2e.conftest import pack_example
 
@@ -100,7 +100,7 @@ def test_onnx_source_model_is_quantized_and_verified(packed, trained_example, tm
 
 
 def test_pickled_module_loads_only_when_allowed(trained_example, tmp_path):
-    from edgepack.model import load_model
+    from edgepack.model.load import load_model
 
     recipe = parse_recipe(base_recipe(trained_example, tmp_path / "b"), source="t", base_dir=trained_example)
     pickled = tmp_path / "whole.pt"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgepack.bundle import check_checksums
+from edgepack.bundle.check import verify_bundle
+from edgepack.bundle.files import check_checksums
 from edgepack.errors import EXIT_OK
-from edgepack.verify_bundle import verify_bundle
 from tests.e2e.conftest import pack_example
 
 pytestmark = pytest.mark.e2e

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from edgepack.config import load_recipe
 from edgepack.errors import EXIT_OK, DataError
 from edgepack.pipeline import load_data, pack
+from edgepack.recipe.load import load_recipe
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommender"

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from edgepack.calibration.dataset import load_sample_set
-from edgepack.config import parse_recipe
 from edgepack.errors import MissingDependencyError
-from edgepack.onnx_export import export_float_onnx
+from edgepack.model.onnx_export import export_float_onnx
+from edgepack.recipe.load import parse_recipe
 from edgepack.registry import get_target
 from edgepack.targets.base import Artifact, ExportContext
 from tests.conftest import base_recipe
@@ -32,7 +32,7 @@ class TargetContract:
         calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=trained_example)
         evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=trained_example,
                                      labels="label")
-        from edgepack.model import load_model
+        from edgepack.model.load import load_model
 
         module = load_model(recipe).module
         float_onnx = export_float_onnx(module, recipe.inputs, {"image": evaluation.arrays["image"][:2]},

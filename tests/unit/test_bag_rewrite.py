@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgepack.bag_rewrite import PaddedBag, rewrite_embedding_bags
+from edgepack.model.bag_rewrite import PaddedBag, rewrite_embedding_bags
 
 
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])

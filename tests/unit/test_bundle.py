@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from edgepack.bundle import MANIFEST, check_checksums, read_manifest, sha256_file, staging, why_not_replaceable
+from edgepack.bundle.files import MANIFEST, check_checksums, read_manifest, sha256_file, staging, why_not_replaceable
+from edgepack.bundle.manifest import SCHEMA_VERSION
 from edgepack.errors import ConfigError, VerificationError
-from edgepack.manifest_model import SCHEMA_VERSION
 
 
 def write_json(path, data):
@@ -83,7 +83,7 @@ def test_staging_refuses_a_bundle_with_changed_or_extra_files(tmp_path, monkeypa
     destination = tmp_path / "bundle"
     destination.mkdir()
     manifest = make_bundle(destination)
-    monkeypatch.setattr("edgepack.bundle.open_manifest", lambda folder: _Valid(manifest))
+    monkeypatch.setattr("edgepack.bundle.files.open_manifest", lambda folder: _Valid(manifest))
     assert why_not_replaceable(destination) is None
     (destination / "notes.txt").write_text("mine")
     assert "holds files the bundle does not list (notes.txt)" in why_not_replaceable(destination)

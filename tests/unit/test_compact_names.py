@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import torch
 
-from edgepack.config import InputSpec
-from edgepack.onnx_export import export_float_onnx, strip_debug_info
-from edgepack.runners import OrtRunner
+from edgepack.evaluation.runners import OrtRunner
+from edgepack.model.onnx_export import export_float_onnx, strip_debug_info
+from edgepack.recipe.schema import InputSpec
 from tests.unit import prune_models
 
 
@@ -45,7 +45,7 @@ def test_intermediate_names_shrink_and_interface_stays(tmp_path):
 def test_new_names_never_collide_with_kept_ones():
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgepack.onnx_export import compact_value_names
+    from edgepack.model.onnx_export import compact_value_names
 
     graph = helper.make_graph(
         [helper.make_node("Add", ["t0", "t1"], ["sum"]), helper.make_node("Relu", ["sum"], ["t2_out"]),

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
-from edgepack.config import load_recipe, parse_recipe
 from edgepack.errors import ConfigError
+from edgepack.recipe.load import load_recipe, parse_recipe
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "image_classifier"
 
@@ -352,7 +352,7 @@ def test_an_explicit_budget_holds_exactly_its_bounds(tmp_path):
 
 
 def test_a_budget_file_is_read_with_the_recipes_error_wording(tmp_path):
-    from edgepack.config import load_budget
+    from edgepack.recipe.load import load_budget
 
     path = tmp_path / "bounds.yaml"
     path.write_text("max_auc_drop: 0.01\nmin_spearman: 0.9\n")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgepack.distill import divergence
+from edgepack.compression.distill import divergence
 
 
 def test_binary_divergence_is_the_bernoulli_kl_and_zero_for_the_teacher_itself():
@@ -39,7 +39,7 @@ def _labelled(labels):
 def test_distillation_labels_fit_the_task():
     from types import SimpleNamespace
 
-    from edgepack.compress import _binary_distillation_labels
+    from edgepack.compression.compress import _binary_distillation_labels
     from edgepack.errors import DataError
 
     def recipe(task):

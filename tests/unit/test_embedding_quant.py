@@ -7,10 +7,16 @@ import onnx
 import pytest
 import torch
 
-from edgepack.config import InputSpec
-from edgepack.embedding_quant import dequantize_int4, dequantize_int8, per_row_int4, per_row_int8, quantize_tables
-from edgepack.onnx_export import export_float_onnx
-from edgepack.runners import OrtRunner
+from edgepack.evaluation.runners import OrtRunner
+from edgepack.model.onnx_export import export_float_onnx
+from edgepack.quantization.embedding_tables import (
+    dequantize_int4,
+    dequantize_int8,
+    per_row_int4,
+    per_row_int8,
+    quantize_tables,
+)
+from edgepack.recipe.schema import InputSpec
 from tests.unit import prune_models
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from edgepack.calibration.dataset import load_sample_set
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
 from edgepack.calibration.ranges import SampleSetReader, calibrator_options, compute_ranges, ort_method
-from edgepack.config import CalibrationConfig, InputSpec
+from edgepack.recipe.schema import CalibrationConfig, InputSpec
 
 SPEC = InputSpec(name="x", dtype="float32", shape=["batch", 1, 8, 8])
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgepack.config import parse_recipe
 from edgepack.errors import ModelLoadError
-from edgepack.model import load_model, read_state_dict
+from edgepack.model.load import load_model, read_state_dict
+from edgepack.recipe.load import parse_recipe
 
 FACTORY_MODULE = "ep_unit_tinynet"  # unique: import_object caches modules by name in sys.modules
 FACTORY_SOURCE = '''

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgepack.config import InputSpec
 from edgepack.errors import ExportError
-from edgepack.onnx_export import check_against_torch, export_float_onnx
+from edgepack.model.onnx_export import check_against_torch, export_float_onnx
+from edgepack.recipe.schema import InputSpec
 
 INPUTS = [InputSpec(name="x", dtype="float32", shape=["batch", 256])]
 
@@ -33,7 +33,7 @@ def _onnx_returning(model, monkeypatch, shift: float) -> None:
             with torch.no_grad():
                 return [model(torch.from_numpy(feeds["x"])).numpy() + shift]
 
-    monkeypatch.setattr("edgepack.onnx_export.OrtRunner", Shifted)
+    monkeypatch.setattr("edgepack.model.onnx_export.OrtRunner", Shifted)
 
 
 def test_large_outputs_get_a_proportional_tolerance(tmp_path, monkeypatch):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgepack.config import InputSpec, PruneConfig
+from edgepack.compression.prune import prune_model, reload_and_check, save_pruned
 from edgepack.errors import ConfigError, PruningError
-from edgepack.onnx_export import check_against_torch, export_float_onnx
-from edgepack.prune import prune_model, reload_and_check, save_pruned
+from edgepack.model.onnx_export import check_against_torch, export_float_onnx
+from edgepack.recipe.schema import InputSpec, PruneConfig
 from tests.unit import prune_models
 
 
@@ -129,7 +129,7 @@ def test_activation_products_without_guidance_are_refused():
 
 
 def test_low_rank_factorization_keeps_the_energy_and_saves_parameters():
-    from edgepack.lowrank import factorize
+    from edgepack.compression.lowrank import factorize
 
     torch.manual_seed(0)
     low_rank = torch.randn(128, 8) @ torch.randn(8, 96)  # rank 8 plus a little noise
@@ -147,7 +147,7 @@ def test_low_rank_factorization_keeps_the_energy_and_saves_parameters():
 
 
 def test_low_rank_leaves_full_rank_layers_alone():
-    from edgepack.lowrank import factorize
+    from edgepack.compression.lowrank import factorize
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
@@ -156,7 +156,7 @@ def test_low_rank_leaves_full_rank_layers_alone():
 
 
 def test_taylor_importance_gets_gradients_in_every_trial_and_a_nonzero_signal():
-    from edgepack.distill import distillation_loss, label_loss, top1
+    from edgepack.compression.distill import distillation_loss, label_loss, top1
 
     model, example = CASES["mlp"][0](), _example(CASES["mlp"][1])
     with torch.no_grad():

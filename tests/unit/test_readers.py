@@ -9,8 +9,8 @@ import pytest
 
 from edgepack.calibration.dataset import FEW_SAMPLES, load_sample_set
 from edgepack.calibration.readers import read_arrays
-from edgepack.config import CalibrationConfig, EvaluationConfig, InputSpec
 from edgepack.errors import DataError
+from edgepack.recipe.schema import CalibrationConfig, EvaluationConfig, InputSpec
 
 N = 120
 X = InputSpec(name="x", dtype="float32", shape=["batch", 2, 2])

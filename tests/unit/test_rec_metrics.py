@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from edgepack.rec_metrics import (
+from edgepack.evaluation.rec_metrics import (
     auc,
     calibration,
     logloss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
-from edgepack.sanity import calibration_warnings, float_model_warnings
+from edgepack.evaluation.sanity import calibration_warnings, float_model_warnings
 
 
 def sample_set(arrays, labels=None, role="evaluation") -> SampleSet:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepack.saturation import data_check, integer_layers, pair_summed_weights, summarize, weight_bound
+from edgepack.quantization.saturation import data_check, integer_layers, pair_summed_weights, summarize, weight_bound
 
 
 def _qdq_model(weight: np.ndarray, *, op: str = "MatMul", group: int = 1, input_shape=(None, 8)) -> onnx.ModelProto:

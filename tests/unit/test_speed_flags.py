@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.runners import FAKE_QUANT_DEVICE
-from edgepack.speed_flags import explain, flag_slow_artifacts
+from edgepack.evaluation.runners import FAKE_QUANT_DEVICE
+from edgepack.evaluation.speed_flags import explain, flag_slow_artifacts
 
 FAST = {"batch_1": {"median_ms": 0.1}, "batch_64": {"median_ms": 1.0}}
 SLOW = {"batch_1": {"median_ms": 0.5}, "batch_64": {"median_ms": 9.0}}

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edgepack.budget import Budget, default_budget
-from edgepack.verify import DriftCheck, check_budget, classification_metrics
+from edgepack.evaluation.drift import DriftCheck, check_budget, classification_metrics
+from edgepack.recipe.budget import Budget, default_budget
 
 REFERENCE = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0], [5.0, 1.0, 1.0]])
 ARTIFACT = np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0], [5.0, 1.0, 1.0]])
@@ -119,7 +119,7 @@ def test_a_bound_whose_metric_was_not_measured_fails():
 
 
 def test_every_bound_declares_a_metric_each_task_produces():
-    from edgepack.budget import BOUND_SPECS, bounds_for
+    from edgepack.recipe.budget import BOUND_SPECS, bounds_for
 
     assert set(BOUND_SPECS) == {name for name in Budget.model_fields if name not in ("segments", "disabled")}
     assert bounds_for("classification") == ["max_accuracy_drop", "min_top1_agreement", "max_kl", "max_relative_l2",
@@ -164,10 +164,10 @@ def test_a_floor_on_the_float_model_fails_a_broken_one():
 
 
 def test_every_recommender_bound_names_a_metric_the_task_produces():
-    from edgepack.budget import BOUND_SPECS, bounds_for
-    from edgepack.rec_metrics import recommender_metrics
+    from edgepack.evaluation.rec_metrics import recommender_metrics
+    from edgepack.recipe.budget import BOUND_SPECS, bounds_for
 
     metrics = recommender_metrics(np.array([0.1, 0.9, 0.3, 0.7]), np.array([0.2, 0.8, 0.3, 0.6]),
                                   np.array([0, 1, 0, 1]), groups=np.array([0, 0, 1, 1]), k=1)
-    metrics["calibration_shift_abs"] = abs(metrics["calibration_shift"])  # added by edgepack.tasks
+    metrics["calibration_shift_abs"] = abs(metrics["calibration_shift"])  # added by edgepack.evaluation.tasks
     assert {BOUND_SPECS[name].metric for name in bounds_for("ctr")} <= set(metrics)

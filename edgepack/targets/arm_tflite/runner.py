@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import EdgepackError, MissingDependencyError
-from edgepack.runners import X86_BUILD_OF_ARM_KERNELS
+from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 

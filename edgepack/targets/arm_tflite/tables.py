@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from edgepack.embedding_quant import (
+from edgepack.quantization.embedding_tables import (
     MIN_ROWS,
     dequantize_int4,
     dequantize_int8,

@@ -19,11 +19,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.errors import ExportError
+from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 from edgepack.targets.arm_tflite.flatbuffer import add_float_io
 from edgepack.targets.arm_tflite.runner import TfliteRunner, describe_tflite, runtime_info
 from edgepack.targets.arm_tflite.tables import quantize_tflite_tables
 from edgepack.targets.base import Artifact, ExportContext, Target
-from edgepack.targets.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 
 
 class TfliteOptions(BaseModel):

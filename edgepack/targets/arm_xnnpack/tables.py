@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-from edgepack.embedding_quant import MIN_ROWS, four_bit_width, row_scales, table_report
+from edgepack.quantization.embedding_tables import MIN_ROWS, four_bit_width, row_scales, table_report
 
 
 def _is_table(module, _name: str = "") -> bool:

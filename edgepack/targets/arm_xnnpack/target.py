@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.errors import ExportError, MissingDependencyError
-from edgepack.runners import X86_BUILD_OF_ARM_KERNELS
+from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Target
 
@@ -53,7 +53,7 @@ class XnnpackArmTarget(Target):
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
 
         # Shared PT2E helpers: same observers for the recipe's method, same calibration loop.
-        from edgepack.targets.pt2e import calibrated_pt2e, example_batch, with_activation_observer
+        from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()

@@ -13,10 +13,10 @@ from pathlib import Path
 import onnx
 from pydantic import BaseModel, ConfigDict
 
-from edgepack.onnx_export import strip_debug_info
-from edgepack.onnx_inspect import describe_onnx
-from edgepack.ort_quant import QdqSettings, quantize_qdq
-from edgepack.runners import OrtRunner
+from edgepack.evaluation.runners import OrtRunner
+from edgepack.model.onnx_export import strip_debug_info
+from edgepack.model.onnx_inspect import describe_onnx
+from edgepack.quantization.ort_qdq import QdqSettings, quantize_qdq
 from edgepack.targets.base import Artifact, ExportContext, Target
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")

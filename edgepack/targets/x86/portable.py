@@ -1,6 +1,6 @@
 """Choosing the x86 INT8 weight scheme that cannot saturate on any x86 CPU, by measurement.
 
-Two schemes are exact on every x86 ISA (see edgepack.saturation):
+Two schemes are exact on every x86 ISA (see edgepack.quantization.saturation):
 - `int8-7bit`: int8 weights in [-64, 64] on every layer whose U8S8 kernel adds product pairs in
   int16, full 8-bit on depthwise convolutions (their kernel never adds in int16). Fast U8S8
   kernels everywhere; one bit of weight precision lost on the pair-summed layers.
@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
-from edgepack.latency import make_batch, measure
-from edgepack.runners import OrtRunner
-from edgepack.verify import collect_outputs
+from edgepack.evaluation.drift import collect_outputs
+from edgepack.evaluation.latency import make_batch, measure
+from edgepack.evaluation.runners import OrtRunner
 
 SCHEMES = {
     "int8-7bit": "int8 weights in [-64, 64] on pair-summed layers (reduce_range), 8 bits on depthwise convs; "

@@ -2,7 +2,7 @@
 
 Option `isa`:
 - `portable` (default): weights chosen so that no integer sum can saturate on any x86 CPU, with or
-  without VNNI (edgepack.saturation proves it from the weights); the scheme is picked by measurement
+  without VNNI (edgepack.quantization.saturation proves it from the weights); the scheme is picked by measurement
   (edgepack/targets/x86/portable.py).
 - `vnni`: full 8-bit int8 weights for hosts with AVX512-VNNI, AVX-VNNI or AMX-INT8, whose kernels
   accumulate in int32. On other CPUs onnxruntime adds u8 x s8 pairs in saturating int16, so the
@@ -19,12 +19,12 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.errors import ExportError
+from edgepack.evaluation.runners import OrtRunner
 from edgepack.isa import INT32_DOT_PRODUCT, host_isa
-from edgepack.onnx_export import strip_debug_info
-from edgepack.onnx_inspect import describe_onnx
-from edgepack.ort_quant import QdqSettings, quantize_qdq
-from edgepack.runners import OrtRunner
-from edgepack.saturation import data_check, integer_layers, summarize, weight_bound
+from edgepack.model.onnx_export import strip_debug_info
+from edgepack.model.onnx_inspect import describe_onnx
+from edgepack.quantization.ort_qdq import QdqSettings, quantize_qdq
+from edgepack.quantization.saturation import data_check, integer_layers, summarize, weight_bound
 from edgepack.targets.base import Artifact, ExportContext, Target
 from edgepack.targets.x86.portable import SCHEMES, portable_int8, scheme_settings
 

@@ -221,7 +221,7 @@ def data_check(model_path: Path, batches: Iterable[dict[str, np.ndarray]], *,
     non-VNNI CPU computes the same integers as a VNNI one on this data."""
     import onnx
 
-    from edgepack.runners import ort_session
+    from edgepack.evaluation.runners import ort_session
 
     model = onnx.load(str(model_path))
     layers = [layer for layer in integer_layers(model) if not layer.exact_on_every_isa]

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from edgepack.bundle import MANIFEST, REPORT, REPORT_HTML
-from edgepack.manifest_model import Manifest
-from edgepack.report import render_markdown
-from edgepack.report_html import render_html
+from edgepack.bundle.files import MANIFEST, REPORT, REPORT_HTML
+from edgepack.bundle.manifest import Manifest
+from edgepack.bundle.report_html import render_html
+from edgepack.bundle.report_md import render_markdown
 
 
 def write_bundle_documents(bundle: Path, manifest: dict) -> None:

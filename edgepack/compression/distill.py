@@ -127,7 +127,7 @@ def _validation_score(student, teacher_logits, inputs, labels) -> tuple[float, f
     logits = _predict(student.eval(), inputs)
     fidelity = -divergence(logits, teacher_logits)
     if logits.dim() == 1 and labels is not None:
-        from edgepack.rec_metrics import auc
+        from edgepack.evaluation.rec_metrics import auc
 
         return fidelity, float(auc(labels.numpy(), logits.numpy()))
     target = labels if labels is not None else top1(teacher_logits)

@@ -41,14 +41,14 @@ def steady_allocator() -> bool:
 
 def _runner(job: dict):
     if job["kind"] == "torch":
-        from edgepack.config import parse_recipe
-        from edgepack.model import load_model
-        from edgepack.runners import TorchRunner
+        from edgepack.evaluation.runners import TorchRunner
+        from edgepack.model.load import load_model
+        from edgepack.recipe.load import parse_recipe
 
         recipe = parse_recipe(job["recipe"], source="bundle manifest", base_dir=Path(job["base_dir"]))
         return TorchRunner(load_model(recipe).module, recipe.input_names, job["threads"])
     if job["kind"] == "onnx":
-        from edgepack.runners import OrtRunner
+        from edgepack.evaluation.runners import OrtRunner
 
         return OrtRunner(Path(job["path"]), threads=job["threads"])
     from edgepack.registry import get_target
@@ -60,7 +60,7 @@ def run(job: dict) -> dict:
     """Load the runner, time it at each batch size, and report latency and memory."""
     import torch
 
-    from edgepack.latency import measure
+    from edgepack.evaluation.latency import measure
 
     torch.set_num_threads(job["threads"])
     steady = steady_allocator()

@@ -6,9 +6,8 @@ import base64
 import html
 import io
 
-from edgepack import tasks
-from edgepack.manifest import artifact_entries, validation_notes
-from edgepack.report import (
+from edgepack.bundle.build import artifact_entries, validation_notes
+from edgepack.bundle.report_md import (
     EMBEDDING_HEADERS,
     VALIDATION_HEADERS,
     embedding_table_rows,
@@ -16,6 +15,7 @@ from edgepack.report import (
     speed_flag_lines,
     validation_rows,
 )
+from edgepack.evaluation import tasks
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}

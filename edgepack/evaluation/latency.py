@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from edgepack.runners import Runner
+from edgepack.evaluation.runners import Runner
 
 
 def make_batch(arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
 from edgepack.errors import DataError
-from edgepack.verify import classification_metrics
+from edgepack.evaluation.drift import classification_metrics
 
 RECOMMENDER_TASKS = ("ctr", "ranking")
 
@@ -43,7 +43,7 @@ def check_class_indices(task: str, data: SampleSet, name: Optional[str], outputs
 
 
 def _recommender(task: str, reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
-    from edgepack.rec_metrics import recommender_metrics
+    from edgepack.evaluation.rec_metrics import recommender_metrics
 
     groups = evaluation.arrays[settings.group_by] if settings.group_by else None
     segments = {name: evaluation.extras[name] for name in settings.segments}

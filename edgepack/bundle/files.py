@@ -15,10 +15,10 @@ from typing import Callable, Iterator, Optional
 
 from pydantic import ValidationError
 
+from edgepack.bundle.build import iter_files
+from edgepack.bundle.manifest import SCHEMA_VERSION, Manifest
 from edgepack.capture import LOG_NAME
 from edgepack.errors import ConfigError, VerificationError
-from edgepack.manifest import iter_files
-from edgepack.manifest_model import SCHEMA_VERSION, Manifest
 
 MANIFEST = "manifest.json"
 REPORT = "report.md"
@@ -161,7 +161,7 @@ def _previous_schema(folder: Path) -> Optional[dict]:
 
 
 def read_manifest(bundle: Path) -> dict:
-    """The bundle's manifest, validated against the typed model (edgepack.manifest_model); a clear
+    """The bundle's manifest, validated against the typed model (edgepack.bundle.manifest); a clear
     error naming the field when it is missing, unreadable, of another schema or malformed."""
     return open_manifest(bundle).to_json_dict()
 

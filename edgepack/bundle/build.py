@@ -9,9 +9,9 @@ from importlib import metadata
 from typing import Iterator
 
 from edgepack import __version__
-from edgepack.config import Recipe
+from edgepack.bundle.manifest import SCHEMA_VERSION
 from edgepack.isa import host_isa
-from edgepack.manifest_model import SCHEMA_VERSION
+from edgepack.recipe.schema import Recipe
 
 TOOLCHAIN_PACKAGES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxscript", "numpy", "safetensors")
 

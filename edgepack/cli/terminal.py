@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgepack import tasks
-from edgepack.manifest import artifact_entries, validation_notes
-from edgepack.report import UNCHECKED, isa_lines, speed_flag_lines, validation_rows
+from edgepack.bundle.build import artifact_entries, validation_notes
+from edgepack.bundle.report_md import UNCHECKED, isa_lines, speed_flag_lines, validation_rows
+from edgepack.evaluation import tasks
 
 IN_PROCESS = "measured in the pack process"
 # Lines are never wrapped when output goes to a file or CI log (soft_wrap), so they stay greppable;
@@ -45,7 +45,7 @@ class TerminalProgress:
 
 def _in_process_figures(manifest: dict) -> dict:
     """The latency measured during `pack` (same process), shaped like `edgepack bench` figures."""
-    from edgepack.bench import EAGER, ONNX_FP32, add_ratios
+    from edgepack.benchmark.bench import EAGER, ONNX_FP32, add_ratios
 
     source = manifest["source_model"]
     settings = manifest["latency_settings"]

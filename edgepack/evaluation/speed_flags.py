@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.bench import ONNX_FP32
+from edgepack.benchmark.bench import ONNX_FP32
+from edgepack.bundle.build import artifact_entries
+from edgepack.evaluation.latency import make_batch
+from edgepack.evaluation.runners import FAKE_QUANT_DEVICE, ort_session
 from edgepack.isa import host_isa
-from edgepack.latency import make_batch
-from edgepack.manifest import artifact_entries
-from edgepack.runners import FAKE_QUANT_DEVICE, ort_session
 
 INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
                          "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GatherBlockQuantized"})

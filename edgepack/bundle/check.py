@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgepack import tasks
-from edgepack.budget import Budget
-from edgepack.bundle import check_checksums, open_manifest, unlisted_files
+from edgepack.bundle.files import check_checksums, open_manifest, unlisted_files
+from edgepack.bundle.manifest import Manifest
 from edgepack.calibration.dataset import load_sample_set
-from edgepack.config import EvaluationConfig, InputSpec
 from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
+from edgepack.evaluation import tasks
+from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
+from edgepack.evaluation.runners import OrtRunner
 from edgepack.isa import host_isa
-from edgepack.manifest_model import Manifest
+from edgepack.recipe.budget import Budget
+from edgepack.recipe.schema import EvaluationConfig, InputSpec
 from edgepack.registry import get_target
-from edgepack.runners import OrtRunner
-from edgepack.verify import DriftReport, check_budget, collect_outputs
 
 RECORDED_ABS_TOLERANCE = 2e-3  # accuracy, agreement, AUC: a sample or two of 1,000 may flip across hosts
 RECORDED_REL_TOLERANCE = 0.05  # KL, relative L2: rounding of a different build or thread count

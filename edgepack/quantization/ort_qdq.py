@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 from edgepack.calibration.ranges import compute_ranges, ort_method
-from edgepack.embedding_quant import quantize_tables
 from edgepack.errors import ExportError
-from edgepack.saturation import pair_summed_weights
+from edgepack.quantization.embedding_tables import quantize_tables
+from edgepack.quantization.saturation import pair_summed_weights
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import Optional
 
 import numpy as np
 
-from edgepack.budget import BOUND_SPECS
 from edgepack.calibration.dataset import SampleSet
-from edgepack.runners import Runner
+from edgepack.evaluation.runners import Runner
+from edgepack.recipe.budget import BOUND_SPECS
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def classification_metrics(reference: np.ndarray, artifact: np.ndarray, labels: 
 
 def check_budget(metrics: dict, budget: dict) -> DriftReport:
     """Compare metrics with every bound the budget sets (None means unbounded); each bound's metric
-    and direction come from its field in edgepack.budget.Budget.
+    and direction come from its field in edgepack.recipe.budget.Budget.
 
     A bound whose metric was not measured fails (value NaN): a budget never passes unchecked. With
     `budget["segments"]`, a bound also applies to the same metric in every segment (keys like

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgepack import tasks
-from edgepack.manifest import artifact_entries, validation_notes
+from edgepack.bundle.build import artifact_entries, validation_notes
+from edgepack.evaluation import tasks
 
 UNCHECKED = "budget: none — drift was measured and reported, not checked against any bound"
 

@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from edgepack.errors import ExportError
-from edgepack.runners import OrtRunner, TorchRunner
+from edgepack.evaluation.runners import OrtRunner, TorchRunner
 
 OPSET = 20
 ATOL = 1e-4

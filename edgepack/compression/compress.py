@@ -10,13 +10,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from edgepack import tasks
 from edgepack.calibration.dataset import SampleSet, load_sample_set
-from edgepack.config import Recipe
-from edgepack.distill import SELECTION, DistillReport, distill, label_loss, top1
-from edgepack.lowrank import factorize
-from edgepack.progress import Progress
-from edgepack.prune import (
+from edgepack.compression.distill import SELECTION, DistillReport, distill, label_loss, top1
+from edgepack.compression.lowrank import factorize
+from edgepack.compression.prune import (
     PruneResult,
     as_tensors,
     count,
@@ -26,6 +23,9 @@ from edgepack.prune import (
     save_pruned,
     unpruned,
 )
+from edgepack.evaluation import tasks
+from edgepack.progress import Progress
+from edgepack.recipe.schema import Recipe
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The manifest as typed models: built once by the pipeline, validated when written and when read.
 
-A bundle's manifest.json is these models dumped to JSON. `Bundle.open` (edgepack.bundle) reads it
+A bundle's manifest.json is these models dumped to JSON. `Bundle.open` (edgepack.bundle.files) reads it
 back through `Manifest.model_validate`, so a manifest with a missing field, a wrong type or an
 unknown key is refused with the field's path, not read by string keys and trusted.
 """

@@ -11,15 +11,15 @@ from typing import Optional
 
 import numpy as np
 
-from edgepack.bench_worker import run
-from edgepack.bundle import read_manifest
+from edgepack.benchmark.worker import run
+from edgepack.bundle.build import artifact_entries
+from edgepack.bundle.documents import write_bundle_documents
+from edgepack.bundle.files import read_manifest
 from edgepack.calibration.dataset import load_sample_set
-from edgepack.config import DataSource, InputSpec
-from edgepack.documents import write_bundle_documents
 from edgepack.errors import EdgepackError
-from edgepack.latency import make_batch
-from edgepack.manifest import artifact_entries
+from edgepack.evaluation.latency import make_batch
 from edgepack.progress import Progress, SilentProgress
+from edgepack.recipe.schema import DataSource, InputSpec
 
 EAGER = "float (PyTorch eager fp32)"
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from edgepack.calibration.readers import import_object
-from edgepack.config import Recipe
 from edgepack.errors import ModelLoadError
+from edgepack.recipe.schema import Recipe
 
 
 @dataclass(frozen=True)

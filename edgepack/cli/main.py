@@ -15,7 +15,7 @@ from edgepack.errors import EXIT_ERROR, EdgepackError
 def _library_log():
     """Context manager sending third-party output to a log for the running command (see edgepack.capture)."""
     from edgepack.capture import library_output_to_log
-    from edgepack.terminal import bind
+    from edgepack.cli.terminal import bind
 
     verbose = click.get_current_context().find_root().params.get("verbose", False)
     return library_output_to_log(bind, verbose=verbose)
@@ -85,7 +85,7 @@ def main(debug: bool, verbose: bool) -> None:
 def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool, no_bench: bool,
          force: bool) -> None:
     """Quantize, export and verify RECIPE's model for each target; write a bundle."""
-    from edgepack.config import load_recipe
+    from edgepack.recipe.load import load_recipe
 
     _check_target_options(targets)
     resolved = load_recipe(recipe, output=out, targets=targets)
@@ -94,8 +94,8 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
 
         click.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), nl=False)
         return
+    from edgepack.cli.terminal import TerminalProgress, render_pack
     from edgepack.pipeline import pack as run_pack
-    from edgepack.terminal import TerminalProgress, render_pack
 
     with _library_log() as log_path:
         result = run_pack(resolved, TerminalProgress(), bench=not no_bench, log_path=log_path, force=force)
@@ -111,9 +111,9 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
 @_handle_errors
 def prune(recipe: Path, out: Path | None, force: bool) -> None:
     """Prune (and distill) RECIPE's model only: writes the pruned model, its fp32 ONNX and the report."""
-    from edgepack.config import load_recipe
+    from edgepack.cli.terminal import TerminalProgress, render_pack
     from edgepack.pipeline import prune_only
-    from edgepack.terminal import TerminalProgress, render_pack
+    from edgepack.recipe.load import load_recipe
 
     resolved = load_recipe(recipe, output=out)
     with _library_log() as log_path:
@@ -137,9 +137,9 @@ def verify(bundle: Path, data: Path, labels: str | None, threads: int, budget_pa
            recipe_path: Path | None) -> None:
     """Re-check BUNDLE: checksums and unlisted files, then drift of every artifact on DATA against a budget
     (--budget or --recipe, else the bundle's own), and on the packing data the recorded metrics."""
-    from edgepack.config import load_budget
-    from edgepack.terminal import render_bundle_check
-    from edgepack.verify_bundle import verify_bundle
+    from edgepack.bundle.check import verify_bundle
+    from edgepack.cli.terminal import render_bundle_check
+    from edgepack.recipe.load import load_budget
 
     budget = load_budget(budget_path=budget_path, recipe_path=recipe_path)
     with _library_log():
@@ -162,8 +162,8 @@ def verify(bundle: Path, data: Path, labels: str | None, threads: int, budget_pa
 def bench(bundle: Path, batch_size: int, warmup: int, repeats: int, threads: int, data: Path | None,
           json_path: Path | None) -> None:
     """Time every artifact of BUNDLE and the float baselines, each in a fresh process; update its manifest."""
-    from edgepack.bench import BenchSettings, bench_bundle_and_record
-    from edgepack.terminal import TerminalProgress, render_bench
+    from edgepack.benchmark.bench import BenchSettings, bench_bundle_and_record
+    from edgepack.cli.terminal import TerminalProgress, render_bench
 
     settings = BenchSettings(batch_size=batch_size, warmup=warmup, repeats=repeats, threads=threads)
     with _library_log():
