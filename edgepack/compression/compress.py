@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from edgepack.calibration.dataset import SampleSet, load_sample_set
-from edgepack.compression.distill import SELECTION, DistillReport, distill, label_loss, top1
+from edgepack.compression.distill import SELECTION, DistillReport, distill, label_loss
 from edgepack.compression.lowrank import factorize
 from edgepack.compression.prune import (
     PruneResult,
@@ -46,29 +45,22 @@ def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe: Recipe) -> 
     """The task's headline metric (accuracy, AUC) of `module` on the evaluation set."""
     with torch.no_grad():
         outputs = torch.cat([module(*as_tensors(batch, recipe.input_names)) for batch in evaluation.batches()])
-    metrics = tasks.quality(recipe.task, outputs.numpy().astype(np.float64), evaluation, recipe.evaluation)
-    return float(metrics[tasks.headline(recipe.task)])
-
-
-def _binary_distillation_labels(data: SampleSet, recipe: Recipe) -> SampleSet:
-    """Distillation labels as the label loss needs them: checked against the task (tasks.check_labels),
-    and relevance grades turned into relevant / not (grade > 0) for ranking."""
-    tasks.check_labels(recipe.task, data, recipe.distill.labels)
-    if recipe.task == "ranking" and data.labels is not None:
-        return dataclasses.replace(data, labels=(data.labels > 0).astype(np.int64))
-    return data
+    task = tasks.kind(recipe.task)
+    metrics = task.quality(outputs.numpy().astype(np.float64), evaluation, recipe.evaluation)
+    return float(metrics[task.headline])
 
 
 def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, evaluation: SampleSet,
              progress: Progress) -> CompressionResult:
     """Prune the float model to the recipe's target (distilling between steps if asked) and recover it."""
     names = recipe.input_names
+    task = tasks.kind(recipe.task)
     example = as_tensors({k: v[:16] for k, v in calibration.arrays.items()}, names)
     distill_data = None
     if recipe.distill is not None:
         distill_data = load_sample_set(recipe.distill, recipe.inputs, role="distillation", base_dir=recipe.base_dir,
                                        labels=recipe.distill.labels)
-        distill_data = _binary_distillation_labels(distill_data, recipe)
+        distill_data = task.distillation_labels(distill_data, recipe.distill.labels)
         for warning in distill_data.warnings:
             progress.warn(warning)
 
@@ -78,12 +70,8 @@ def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, e
             teacher_logits = teacher(*inputs)
         # Not the distillation loss: before the first step the model IS the teacher, so that loss is at
         # its minimum with exactly zero gradient and every Taylor score would be 0. Use the teacher's
-        # hard predictions as labels: a non-zero gradient that still needs no labelled data. Ranking
-        # scores have no threshold of their own: the upper half of the scores counts as positive.
-        if recipe.task == "ranking" and teacher_logits.dim() == 1:
-            targets = (teacher_logits > teacher_logits.median()).long()
-        else:
-            targets = top1(teacher_logits)
+        # hard predictions as labels: a non-zero gradient that still needs no labelled data.
+        targets = task.pruning_targets(teacher_logits)
         return label_loss(model(*inputs), targets)
 
     def recover(model, step):
@@ -116,7 +104,7 @@ def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, e
     macs_after, params_after = count(pruned.module, example)
     return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy,
                              lowrank=tuple(factorized), params_after=params_after, macs_after=macs_after,
-                             quality_metric=tasks.headline(recipe.task))
+                             quality_metric=tasks.kind(recipe.task).headline)
 
 
 def save_compressed(result: CompressionResult, example: dict[str, np.ndarray], names: list[str], path: Path) -> float:

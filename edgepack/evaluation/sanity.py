@@ -8,28 +8,16 @@ manifest's `warnings`.
 
 from __future__ import annotations
 
-import numpy as np
-
 from edgepack.calibration.dataset import SampleSet
+from edgepack.evaluation.tasks import kind
 
-CHANCE_MARGIN = 0.05  # accuracy within this of the majority class (or AUC within it of 0.5) is "chance"
 MEAN_SHIFT = 0.5  # calibration mean further than this many evaluation std from the evaluation mean
 STD_RATIO = 2.0  # calibration std more than this factor above or below the evaluation std
 
 
 def float_model_warnings(task: str, metrics: dict, evaluation: SampleSet) -> list[str]:
-    """A float model that scores at chance level on the evaluation data."""
-    if task == "classification" and evaluation.labels is not None and "accuracy" in metrics:
-        _, counts = np.unique(evaluation.labels, return_counts=True)
-        majority = float(counts.max() / counts.sum())
-        if metrics["accuracy"] <= majority + CHANCE_MARGIN:
-            return [f"the float model scores accuracy {metrics['accuracy']:.3f} on the evaluation data, at chance "
-                    f"level (always predicting the most frequent class scores {majority:.3f}): its weights, its "
-                    "preprocessing or the labels are likely wrong, and drift against it means little"]
-    if task in ("ctr", "ranking") and "auc" in metrics and metrics["auc"] <= 0.5 + CHANCE_MARGIN:
-        return [f"the float model's AUC is {metrics['auc']:.3f} on the evaluation data, at chance level: its weights, "
-                "its inputs or the labels are likely wrong, and drift against it means little"]
-    return []
+    """A float model that scores at chance level on the evaluation data (the task says what chance is)."""
+    return kind(task).chance_warnings(metrics, evaluation)
 
 
 def calibration_warnings(calibration: SampleSet, evaluation: SampleSet) -> list[str]:

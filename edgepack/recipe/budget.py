@@ -5,8 +5,8 @@ Rules (checked when the recipe is read, before any work):
 - a bound the recipe's task does not measure is an error naming the task;
 - a budget with no bound is an error unless the recipe says `budget: none` on purpose (drift is
   then measured and reported, never checked);
-- without a `budget` section, classification gets max_accuracy_drop 0.5 and min_top1_agreement
-  0.99; ctr and ranking have no default and must say what they tolerate.
+- without a `budget` section, the task's default applies (edgepack.evaluation.tasks): classification
+  gets max_accuracy_drop 0.5 and min_top1_agreement 0.99; ctr and ranking must say what they tolerate.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CLASSIFICATION = ("classification",)
 RECOMMENDER = ("ctr", "ranking")
-DEFAULT_BUDGETS = {"classification": {"max_accuracy_drop": 0.5, "min_top1_agreement": 0.99}}
 
 
 @dataclass(frozen=True)
@@ -115,8 +114,3 @@ BOUND_SPECS: dict[str, BoundSpec] = {
 def bounds_for(task: str) -> list[str]:
     """The budget fields a task's drift report can be checked against."""
     return [name for name, spec in BOUND_SPECS.items() if task in spec.tasks]
-
-
-def default_budget(task: str) -> Optional[Budget]:
-    """The budget used when a recipe has no `budget` section; None when the task has no default."""
-    return Budget(**DEFAULT_BUDGETS[task]) if task in DEFAULT_BUDGETS else None

@@ -19,11 +19,11 @@ from pydantic import (
 
 from edgepack.calibration.methods import CalibrationMethod, MinMax
 from edgepack.errors import ConfigError
-from edgepack.recipe.budget import Budget, MissingBudget, default_budget
+from edgepack.evaluation.tasks import TASKS
+from edgepack.recipe.budget import Budget, MissingBudget
 from edgepack.registry import check_target_name
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
-TASKS_IMPLEMENTED = ("classification", "ctr", "ranking")
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
@@ -239,16 +239,13 @@ class Recipe(_Section):
     def _task_default_budget(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("budget") is None:
             task = data.get("task", "classification")
-            default = default_budget(task) if isinstance(task, str) else None
+            default = TASKS[task].default_budget() if isinstance(task, str) and task in TASKS else None
             data = {**data, "budget": MissingBudget(str(task)) if default is None
                     else default.model_dump(exclude_defaults=True)}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
-        if self.task not in TASKS_IMPLEMENTED:
-            raise ValueError(f"task '{self.task}' is part of the schema but not implemented in this version; "
-                             f"use one of {', '.join(TASKS_IMPLEMENTED)}")
         if self.distill is not None and self.prune is None and self.lowrank is None:
             raise ValueError("'distill' recovers accuracy after compression: it needs 'prune' or 'lowrank'")
         if (self.prune is not None or self.lowrank is not None) and self.model.onnx is not None:
@@ -258,9 +255,8 @@ class Recipe(_Section):
         names = [spec.name for spec in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
-        if self.task == "ranking" and self.evaluation.group_by is None:
-            raise ValueError("task 'ranking' needs evaluation.group_by (the input that identifies a user)")
-        budget_problems = self.budget.problems_for(self.task)
+        task = TASKS[self.task]
+        budget_problems = task.recipe_problems(self.evaluation.group_by) + self.budget.problems_for(self.task)
         if budget_problems:
             raise ValueError("; ".join(budget_problems))
         if self.evaluation.group_by is not None and self.evaluation.group_by not in names:

@@ -37,19 +37,14 @@ def _labelled(labels):
 
 
 def test_distillation_labels_fit_the_task():
-    from types import SimpleNamespace
-
-    from edgepack.compression.compress import _binary_distillation_labels
     from edgepack.errors import DataError
-
-    def recipe(task):
-        return SimpleNamespace(task=task, distill=SimpleNamespace(labels="relevance"))
+    from edgepack.evaluation.tasks import kind
 
     grades = _labelled([0, 2, 1, 0])
-    assert _binary_distillation_labels(grades, recipe("ranking")).labels.tolist() == [0, 1, 1, 0]  # relevant or not
+    assert kind("ranking").distillation_labels(grades, "relevance").labels.tolist() == [0, 1, 1, 0]  # relevant or not
     with pytest.raises(DataError, match="train.npz: labels 'relevance' must be clicks"):
-        _binary_distillation_labels(grades, recipe("ctr"))
+        kind("ctr").distillation_labels(grades, "relevance")
     with pytest.raises(DataError, match="must be >= 0, found -1"):
-        _binary_distillation_labels(_labelled([0, -1]), recipe("ranking"))
+        kind("ranking").distillation_labels(_labelled([0, -1]), "relevance")
     classes = _labelled([0, 7, 3])
-    assert _binary_distillation_labels(classes, recipe("classification")) is classes
+    assert kind("classification").distillation_labels(classes, "label") is classes

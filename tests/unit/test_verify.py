@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edgepack.evaluation.drift import DriftCheck, check_budget, classification_metrics
-from edgepack.recipe.budget import Budget, default_budget
+from edgepack.evaluation.tasks import kind
+from edgepack.recipe.budget import Budget
 
 REFERENCE = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0], [5.0, 1.0, 1.0]])
 ARTIFACT = np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 4.0], [5.0, 1.0, 1.0]])
@@ -107,7 +108,7 @@ def test_none_bounds_are_skipped_and_unknown_keys_refused():
 
 
 def test_default_budget_checks_accuracy_and_agreement():
-    report = check_budget({**GOOD, "kl": 5.0, "relative_l2": 5.0}, default_budget("classification").model_dump())
+    report = check_budget({**GOOD, "kl": 5.0, "relative_l2": 5.0}, kind("classification").default_budget().model_dump())
     assert {check.metric for check in report.checks} == {"accuracy_drop", "top1_agreement"}
     assert report.passed
 
