@@ -74,7 +74,7 @@ class TaskKind:
 
     def default_budget(self) -> Optional[Budget]:
         """The budget used when a recipe has no `budget` section; None when the user must say."""
-        return Budget(**self.default_bounds) if self.default_bounds is not None else None
+        return Budget.model_validate(self.default_bounds) if self.default_bounds is not None else None
 
 
 class Classification(TaskKind):

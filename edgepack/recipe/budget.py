@@ -104,9 +104,13 @@ class Budget(BaseModel):
         return problems
 
 
+def _spec(extra: dict[str, Any]) -> BoundSpec:
+    return BoundSpec(metric=str(extra["metric"]), direction=extra["direction"],
+                     tasks=tuple(str(task) for task in extra["tasks"]))
+
+
 BOUND_SPECS: dict[str, BoundSpec] = {
-    name: BoundSpec(metric=extra["metric"], direction=extra["direction"], tasks=tuple(extra["tasks"]))
-    for name, field in Budget.model_fields.items()
+    name: _spec(extra) for name, field in Budget.model_fields.items()
     if isinstance(extra := field.json_schema_extra, dict) and "metric" in extra
 }
 
