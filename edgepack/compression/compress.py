@@ -14,7 +14,6 @@ from edgepack.compression.distill import SELECTION, DistillReport, distill, labe
 from edgepack.compression.lowrank import factorize
 from edgepack.compression.prune import (
     PruneResult,
-    as_tensors,
     count,
     output_heads,
     prune_model,
@@ -23,6 +22,7 @@ from edgepack.compression.prune import (
     unpruned,
 )
 from edgepack.evaluation import tasks
+from edgepack.model.tensors import as_tensors
 from edgepack.progress import Progress
 from edgepack.recipe.schema import Recipe
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgepack.errors import ConfigError
+from edgepack.model.tensors import as_tensors
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
     generator = torch.Generator().manual_seed(seed)
     (train, train_labels), (valid, valid_labels) = split(data, labels, config.validation_fraction, seed)
 
-    def as_inputs(arrays):
-        return tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in input_names)
-
-    train_inputs, valid_inputs = as_inputs(train), as_inputs(valid)
+    train_inputs, valid_inputs = as_tensors(train, input_names), as_tensors(valid, input_names)
     train_y = None if train_labels is None or config.alpha >= 1.0 else torch.from_numpy(train_labels)
     valid_y = None if valid_labels is None else torch.from_numpy(valid_labels)
     teacher = teacher.eval()

@@ -13,7 +13,6 @@ import copy
 import difflib
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -350,8 +349,3 @@ def reload_and_check(path, module: nn.Module, example: tuple[torch.Tensor, ...])
     reloaded = torch.export.load(str(path)).module()
     before, after = _outputs(module, example), _outputs(reloaded, example)
     return max(float((a - b).abs().max()) for a, b in zip(before, after))
-
-
-def as_tensors(batch: dict[str, np.ndarray], names: list[str]) -> tuple[torch.Tensor, ...]:
-    """A feed dict as a tuple of tensors in input order."""
-    return tuple(torch.from_numpy(np.ascontiguousarray(batch[name])) for name in names)

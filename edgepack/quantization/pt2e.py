@@ -93,7 +93,7 @@ def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quan
 
 def example_batch(calibration, names: list[str], size: int) -> tuple:
     """The first `size` calibration samples as torch tensors, in input order (repeated if the set is smaller)."""
-    from edgepack.compression.prune import as_tensors
+    from edgepack.model.tensors import as_tensors
 
     rows = np.resize(np.arange(calibration.num_samples), size)
     return as_tensors({name: calibration.arrays[name][rows] for name in names}, names)
