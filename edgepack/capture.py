@@ -11,9 +11,12 @@ ones. `--verbose` leaves everything on the terminal.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO
 
@@ -60,3 +63,21 @@ def library_output_to_log(bind_terminal: Callable[[Optional[TextIO], Optional[Te
         terminal_out.close()
         terminal_err.close()
         Path(name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def quiet_python_output(*loggers: str) -> Iterator[None]:
+    """Silence what a library prints from Python while the block runs: stdout/stderr writes, warnings,
+    and records below ERROR on the named loggers ("" is the root logger). Output written by C++ to the
+    file descriptors is handled by library_output_to_log, not here."""
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    stream = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
+from edgepack.capture import quiet_python_output
 from edgepack.errors import ExportError
 from edgepack.evaluation.runners import OrtRunner, TorchRunner
 
@@ -36,7 +33,7 @@ def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.nda
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic_shapes = tuple({0: batch} for _ in names)
     try:
-        with _quiet():
+        with quiet_python_output("torch"):
             program = torch.onnx.export(
                 module.eval(), args, dynamo=True, input_names=names, output_names=["output"],
                 dynamic_shapes=dynamic_shapes, opset_version=OPSET, optimize=True, verbose=False,
@@ -125,18 +122,3 @@ def check_against_torch(module: torch.nn.Module, path: Path, inputs, batch: dict
             raise ExportError(f"fp32 ONNX does not match PyTorch on output {index}: max abs difference "
                               f"{difference:.3g} (tolerance atol={atol:.3g}, rtol={RTOL}){hint}")
     return worst
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The dynamo exporter prints progress and warnings of its own; keep our output readable."""
-    stream = io.StringIO()
-    logger = logging.getLogger("torch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)

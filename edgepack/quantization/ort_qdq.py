@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from edgepack.calibration.ranges import compute_ranges, ort_method
+from edgepack.capture import quiet_python_output
 from edgepack.errors import ExportError
 from edgepack.quantization.embedding_tables import quantize_tables
 from edgepack.quantization.saturation import pair_summed_weights
@@ -86,7 +84,7 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
     # Weight schemes of one target share the prepared graph and the activation ranges: reuse them.
     key = json.dumps([str(float_path), settings.embedding_bits, method.model_dump(), list(input_names)])
     memo = scratch / "prepared.json"
-    with _quiet():
+    with quiet_python_output(""):
         cached = json.loads(memo.read_text()) if memo.is_file() else {}
         if cached.get("key") == key:
             tables, float_nodes = cached["tables"], cached["float_nodes"]
@@ -121,16 +119,3 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
         except Exception as exc:
             raise ExportError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc
     return QuantizationOutcome(float_nodes=tuple(float_nodes), tables=tuple(tables))
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime's quantizer logs advice at WARNING level on every call; keep the CLI output clean."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
