@@ -52,3 +52,15 @@ class PruningError(EdgepackError):
 
 class VerificationError(EdgepackError):
     """A bundle failed its integrity checks (checksums, missing files)."""
+
+
+SUMMARY_LIMIT = 300  # characters of a library's exception message kept in a one-line error
+
+
+def describe(exc: BaseException) -> str:
+    """'TypeName: first line of the message', bounded: library exceptions can span pages."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > SUMMARY_LIMIT:
+        first = first[:SUMMARY_LIMIT] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

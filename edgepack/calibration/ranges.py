@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgepack.calibration.dataset import SampleSet
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
-from edgepack.errors import CalibrationError, MissingDependencyError
+from edgepack.errors import CalibrationError, MissingDependencyError, describe
 
 
 def ort_method(method):
@@ -75,6 +75,6 @@ def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[st
             tensors = calibrator.compute_data()
         except Exception as exc:
             raise CalibrationError(f"{type(method).__name__} calibration failed on {sample_set.source}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                                   f"{describe(exc)}") from exc
     save_tensors_data(tensors, cache_path)
     return {name: tuple(float(value.reshape(-1)[0]) for value in tensors[name].range_value) for name in tensors}

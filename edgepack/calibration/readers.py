@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
-from edgepack.errors import DataError, MissingDependencyError
+from edgepack.errors import DataError, MissingDependencyError, describe
 
 Columns = Mapping[str, Union[str, list[str]]]
 
@@ -41,7 +41,7 @@ def _read_npz(path: Path, wanted: list[str]) -> Found:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in wanted if name in archive.files}, list(archive.files)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot read .npz archive ({type(exc).__name__}: {exc}); is the file complete?"
+        raise DataError(f"{path}: cannot read .npz archive ({describe(exc)}); is the file complete?"
                         ) from exc
 
 
@@ -150,7 +150,7 @@ def read_callable(spec: str, *, base_dir: Path, wanted: list[str]) -> Found:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"data callable {spec} failed: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"data callable {spec} failed: {describe(exc)}") from exc
     return {name: np.concatenate(parts) for name, parts in collected.items() if parts}, [str(k) for k in seen]
 
 
@@ -190,4 +190,4 @@ def _import_error(what: str, spec: str, exc: Exception) -> Exception:
     from edgepack.errors import ModelLoadError
 
     error_cls = ModelLoadError if what == "model factory" else DataError
-    return error_cls(f"cannot import {what} '{spec}': {type(exc).__name__}: {exc}")
+    return error_cls(f"cannot import {what} '{spec}': {describe(exc)}")

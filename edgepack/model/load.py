@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from edgepack.calibration.readers import import_object
-from edgepack.errors import ModelLoadError
+from edgepack.errors import ModelLoadError, describe
 from edgepack.recipe.schema import Recipe
 
 
@@ -36,7 +36,7 @@ def load_model(recipe: Recipe) -> LoadedModel:
     try:
         module = factory(**source.factory_kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"model factory '{source.factory}' raised {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"model factory '{source.factory}' raised {describe(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"model factory '{source.factory}' returned {type(module).__name__}, "
                              "expected a torch.nn.Module")
@@ -62,7 +62,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"{path}: not a plain state dict (weights_only loading refused it; a whole pickled "
                              "module needs model.pickle with allow_pickle: true)") from exc
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot read weights: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"{path}: cannot read weights: {describe(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -93,7 +93,7 @@ def _load_pickle(path: Path) -> torch.nn.Module:
     try:
         module = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot unpickle model: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"{path}: cannot unpickle model: {describe(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(f"{path}: unpickled a {type(module).__name__}, expected a torch.nn.Module")
     return module.eval()

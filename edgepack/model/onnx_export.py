@@ -9,7 +9,7 @@ import onnx
 import torch
 
 from edgepack.capture import quiet_python_output
-from edgepack.errors import ExportError
+from edgepack.errors import ExportError, describe
 from edgepack.evaluation.runners import OrtRunner, TorchRunner
 
 OPSET = 20
@@ -29,7 +29,7 @@ def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.nda
         shapes = ", ".join(f"{name} {list(arg.shape)} {str(arg.dtype).replace('torch.', '')}"
                            for name, arg in zip(names, args))
         raise ExportError(f"the model fails on inputs as the recipe declares them ({shapes}): "
-                          f"{type(exc).__name__}: {exc}") from exc
+                          f"{describe(exc)}") from exc
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic_shapes = tuple({0: batch} for _ in names)
     try:

@@ -10,7 +10,7 @@ from typing import Optional
 
 from edgepack.calibration.ranges import compute_ranges, ort_method
 from edgepack.capture import quiet_python_output
-from edgepack.errors import ExportError
+from edgepack.errors import ExportError, describe
 from edgepack.quantization.embedding_tables import quantize_tables
 from edgepack.quantization.saturation import pair_summed_weights
 
@@ -92,7 +92,7 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
             try:
                 quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
             except Exception as exc:
-                raise ExportError(f"onnxruntime pre-processing failed: {type(exc).__name__}: {exc}") from exc
+                raise ExportError(f"onnxruntime pre-processing failed: {describe(exc)}") from exc
             tables, float_nodes = [], []
             if settings.embedding_bits is not None:
                 tables, float_nodes = quantize_tables(prepared, bits=settings.embedding_bits)
@@ -117,5 +117,5 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
                 extra_options=extra_options,
             )
         except Exception as exc:
-            raise ExportError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"onnxruntime quantization failed: {describe(exc)}") from exc
     return QuantizationOutcome(float_nodes=tuple(float_nodes), tables=tuple(tables))
