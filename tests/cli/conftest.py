@@ -79,3 +79,30 @@ def expect_error():
         return line
 
     return check
+
+
+def _pack_once(shared_recipe, folder: Path, name: str, budget: dict | None = None) -> tuple[Path, Path]:
+    """Pack the trained example in-process into `folder`; returns (bundle, recipe path)."""
+    bundle = folder / name
+    recipe = shared_recipe(bundle, f"cli-{name}.yaml")
+    if budget is not None:
+        import yaml
+
+        data = yaml.safe_load(recipe.read_text())
+        data["budget"] = budget
+        recipe.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["pack", str(recipe)])
+    assert result.exit_code == (0 if budget is None else 3), result.output
+    return bundle, recipe
+
+
+@pytest.fixture(scope="session")
+def packed_bundle(shared_recipe, tmp_path_factory) -> Path:
+    """A passing x86 bundle of the trained example, made once; tests copy it before changing anything."""
+    return _pack_once(shared_recipe, tmp_path_factory.mktemp("packed-bundle"), "digits")[0]
+
+
+@pytest.fixture(scope="session")
+def failed_bundle(shared_recipe, tmp_path_factory) -> tuple[Path, Path]:
+    """A bundle that failed its budget (max_kl 0: no INT8 artifact is exact), and the recipe that says so."""
+    return _pack_once(shared_recipe, tmp_path_factory.mktemp("failed-bundle"), "strict", budget={"max_kl": 0.0})
