@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgepack import __version__
-from edgepack.errors import EXIT_ERROR, EdgepackError
+from edgepack.errors import EXIT_ERROR, EdgepackError, describe
 
 
 def _library_log():
@@ -57,7 +57,7 @@ def _handle_errors(command):
         except Exception as exc:
             if debug:
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            click.echo(f"internal error: {describe(exc)} (rerun with --debug for the traceback)", err=True)
             sys.exit(EXIT_ERROR)
 
     return wrapper
@@ -170,3 +170,42 @@ def bench(bundle: Path, batch_size: int, warmup: int, repeats: int, threads: int
         figures = bench_bundle_and_record(bundle, settings, data=data, progress=TerminalProgress(),
                                           json_path=json_path)
     render_bench(figures)
+
+
+@main.command()
+@click.argument("private_key", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--public", "public_key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the public key (default: PRIVATE_KEY with .pub.pem).")
+@_handle_errors
+def keygen(private_key: Path, public_key: Path | None) -> None:
+    """Create an ed25519 key pair for signing bundles (`pack --sign`, `sign`); verify with the public key.
+    A passphrase in EDGEPACK_KEY_PASSPHRASE encrypts the private key."""
+    import os
+
+    from edgepack.bundle.signing import PASSPHRASE_ENV, generate_keypair
+
+    public_key = public_key or private_key.with_name(private_key.name.removesuffix(".pem") + ".pub.pem")
+    key_id = generate_keypair(private_key, public_key, os.environ.get(PASSPHRASE_ENV))
+    click.echo(f"wrote {private_key} (private, keep it secret) and {public_key} (give it to whoever verifies); "
+               f"key {key_id[:16]}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="ed25519 private key (PEM); a passphrase comes from EDGEPACK_KEY_PASSPHRASE.")
+@_handle_errors
+def sign(bundle: Path, key_path: Path) -> None:
+    """Sign an intact BUNDLE (every file matching its manifest) with KEY; writes BUNDLE/signature.json."""
+    import os
+
+    from edgepack.bundle.files import why_not_replaceable
+    from edgepack.bundle.signing import PASSPHRASE_ENV, fingerprint, load_private_key, sign_bundle
+    from edgepack.errors import VerificationError
+
+    key = load_private_key(key_path, os.environ.get(PASSPHRASE_ENV))
+    problem = why_not_replaceable(bundle)
+    if problem is not None:
+        raise VerificationError(f"{bundle}: not signed: {problem}")
+    path = sign_bundle(bundle, key)
+    click.echo(f"signed {bundle}/manifest.json with key {fingerprint(key.public_key())[:16]}: {path}")
