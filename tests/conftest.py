@@ -1,4 +1,4 @@
-"""Shared fixtures: the example CNN trained briefly on real MNIST digits, and recipe writers."""
+"""Shared fixtures: the example CNN trained briefly on real MNIST digits, and a recipe writer."""
 
 from __future__ import annotations
 
@@ -7,43 +7,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "image_classifier"
+# tests/cli/conftest.py reads base_recipe and write_recipe from this module
+from tests.helpers import IMAGE_EXAMPLE, base_recipe, write_recipe
 
 
 @pytest.fixture(scope="session")
 def trained_example(tmp_path_factory) -> Path:
     """A folder holding model.py, quick-trained weights and calib/eval/train .npz splits of real MNIST."""
     folder = tmp_path_factory.mktemp("example")
-    (folder / "model.py").write_text((EXAMPLE / "model.py").read_text())
-    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--quick", "--out", str(folder)],
-                   check=True, capture_output=True, cwd=EXAMPLE)
+    (folder / "model.py").write_text((IMAGE_EXAMPLE / "model.py").read_text())
+    subprocess.run([sys.executable, str(IMAGE_EXAMPLE / "train.py"), "--quick", "--out", str(folder)],
+                   check=True, capture_output=True, cwd=IMAGE_EXAMPLE)
     return folder
-
-
-def base_recipe(example: Path, out: Path) -> dict:
-    """A valid recipe for the trained example, as a dict to tweak in tests."""
-    return {
-        "name": "digits",
-        "model": {"factory": "model:build_model", "weights": str(example / "model.safetensors")},
-        "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28]}],
-        "calibration": {"path": str(example / "calib.npz"), "samples": 256, "batch_size": 32,
-                        "method": {"name": "minmax"}},
-        "evaluation": {"path": str(example / "eval.npz"), "labels": "label"},
-        "targets": ["x86"],
-        "budget": {"max_accuracy_drop": 1.0, "min_top1_agreement": 0.98},
-        "latency": {"batch_size": 16, "warmup": 1, "repeats": 3},
-        "output": str(out),
-    }
-
-
-def write_recipe(folder: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
-    """Write `recipe` as YAML next to the example's model.py (so `model:build_model` imports)."""
-    path = folder / name
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
 
 
 @pytest.fixture

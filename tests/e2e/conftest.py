@@ -6,7 +6,7 @@ import pytest
 
 from edgepack.pipeline import pack
 from edgepack.recipe.load import parse_recipe
-from tests.conftest import base_recipe
+from tests.helpers import base_recipe
 
 
 def pack_example(example, out, bench=False, **changes):

@@ -9,11 +9,11 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from edgepack.errors import EXIT_OK
 from edgepack.pipeline import pack
 from edgepack.recipe.load import load_recipe
+from tests.helpers import write_npz, write_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -90,8 +90,8 @@ def _pack(tmp_path, monkeypatch, source: str, module: str, factory: str, **chang
             probability = torch.sigmoid(model(torch.from_numpy(item), torch.from_numpy(tags))).numpy()
         return {"item_id": item, "tags": tags, "click": (rng.random(count) < probability).astype(np.int64)}
 
-    np.savez(tmp_path / "calib.npz", **rows(400))
-    np.savez(tmp_path / "eval.npz", **rows(2000))
+    write_npz(tmp_path / "calib.npz", rows(400))
+    write_npz(tmp_path / "eval.npz", rows(2000))
     recipe = {"name": module, "task": "ctr",
               "model": {"factory": f"{module}:{factory}", "weights": "model.safetensors"},
               "inputs": [{"name": "item_id", "dtype": "int64", "shape": ["batch"], "range": [0, 200]},
@@ -100,8 +100,7 @@ def _pack(tmp_path, monkeypatch, source: str, module: str, factory: str, **chang
               "evaluation": {"path": "eval.npz", "labels": "click"},
               "targets": _targets(), "budget": {"max_auc_drop": 0.01},
               "latency": {"batch_size": 32, "warmup": 1, "repeats": 3}, "output": str(tmp_path / "bundle")} | changes
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    return pack(load_recipe(tmp_path / "recipe.yaml"), bench=False)
+    return pack(load_recipe(write_yaml(tmp_path / "recipe.yaml", recipe)), bench=False)
 
 
 def _tables(manifest, target):

@@ -12,8 +12,8 @@ from edgepack.bundle.check import verify_bundle
 from edgepack.bundle.files import sha256_file
 from edgepack.errors import EXIT_DRIFT, EXIT_OK
 from edgepack.recipe.load import parse_recipe
-from tests.conftest import base_recipe
 from tests.e2e.conftest import pack_example
+from tests.helpers import base_recipe
 
 pytestmark = pytest.mark.e2e
 

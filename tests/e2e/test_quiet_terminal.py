@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import base_recipe
+from tests.helpers import base_recipe, write_recipe
 
 pytestmark = pytest.mark.e2e
 # What litert-torch, torchao, absl/cpuinfo, XNNPACK and torch print when left alone.
@@ -24,8 +23,7 @@ def test_arm_pack_prints_only_edgepack_lines_and_logs_the_rest(trained_example, 
     console = Path(sys.executable).with_name("edgepack")
     recipe = base_recipe(trained_example, tmp_path / "bundle")
     recipe["targets"] = ["arm-tflite"]
-    path = trained_example / f"{tmp_path.name}-quiet.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    path = write_recipe(trained_example, recipe, name=f"{tmp_path.name}-quiet.yaml")
     run = subprocess.run([str(console), "pack", str(path), "--no-bench"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stderr

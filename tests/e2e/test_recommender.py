@@ -14,6 +14,7 @@ import yaml
 from edgepack.errors import EXIT_OK, DataError
 from edgepack.pipeline import load_data, pack
 from edgepack.recipe.load import load_recipe
+from tests.helpers import write_npz, write_yaml
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recommender"
@@ -35,9 +36,7 @@ def _recipe(folder: Path, out: Path, **changes) -> Path:
     data = yaml.safe_load((EXAMPLE / "recipe.yaml").read_text())
     data.update(targets=["x86"], output=str(out), latency={"batch_size": 64, "warmup": 1, "repeats": 3})
     data.update(changes)
-    path = folder / f"recipe-{out.name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_yaml(folder / f"recipe-{out.name}.yaml", data)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +87,9 @@ def test_out_of_range_ids_are_rejected_before_any_artifact(trained, tmp_path):
     arrays = dict(np.load(trained / "artifacts" / "eval.npz"))
     arrays["item_id"] = arrays["item_id"].copy()
     arrays["item_id"][:3] = 5000
-    np.savez(tmp_path / "bad.npz", **arrays)
+    bad = write_npz(tmp_path / "bad.npz", arrays)
     recipe = load_recipe(_recipe(trained, tmp_path / "never", evaluation={
-        "path": str(tmp_path / "bad.npz"), "labels": "click", "group_by": "user_id"}))
+        "path": str(bad), "labels": "click", "group_by": "user_id"}))
     with pytest.raises(DataError, match=r"input 'item_id': 3 id\(s\) outside the table range \[0, 1683\)"):
         load_data(recipe)
     assert not (tmp_path / "never").exists()
@@ -99,9 +98,9 @@ def test_out_of_range_ids_are_rejected_before_any_artifact(trained, tmp_path):
 def test_float_ids_are_rejected(trained, tmp_path):
     arrays = dict(np.load(trained / "artifacts" / "eval.npz"))
     arrays["user_id"] = arrays["user_id"].astype(np.float32)
-    np.savez(tmp_path / "float_ids.npz", **arrays)
+    float_ids = write_npz(tmp_path / "float_ids.npz", arrays)
     recipe = load_recipe(_recipe(trained, tmp_path / "never", evaluation={
-        "path": str(tmp_path / "float_ids.npz"), "labels": "click", "group_by": "user_id"}))
+        "path": str(float_ids), "labels": "click", "group_by": "user_id"}))
     with pytest.raises(DataError, match="input 'user_id': expected dtype int64, got float32"):
         load_data(recipe)
 

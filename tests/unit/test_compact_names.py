@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import torch
 
 from edgepack.evaluation.runners import OrtRunner
-from edgepack.model.onnx_export import export_float_onnx, strip_debug_info
-from edgepack.recipe.schema import InputSpec
-from tests.unit import prune_models
+from edgepack.model.onnx_export import strip_debug_info
+from tests.helpers import embedding_onnx
 
 
 def test_intermediate_names_shrink_and_interface_stays(tmp_path):
-    torch.manual_seed(0)
-    model = prune_models.EmbeddingModel("cat").eval()
-    gen = torch.Generator().manual_seed(1)
-    feeds = {"in0": torch.randint(0, 50, (8,), generator=gen).numpy(),
-             "in1": torch.randint(0, 40, (8,), generator=gen).numpy(), "in2": torch.randn(8, 4, generator=gen).numpy()}
-    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]),
-              InputSpec(name="in1", dtype="int64", shape=["batch"]),
-              InputSpec(name="in2", dtype="float32", shape=["batch", 4])]
-    path = export_float_onnx(model, inputs, feeds, tmp_path / "float.onnx")
+    path, feeds = embedding_onnx(tmp_path, count=8)
     before = onnx.load(str(path))
     expected = OrtRunner(path, threads=1)(feeds)[0]
     size = path.stat().st_size

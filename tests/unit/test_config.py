@@ -6,11 +6,11 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
 from edgepack.errors import ConfigError
 from edgepack.recipe.load import load_recipe, parse_recipe
+from tests.helpers import write_yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "image_classifier"
 
@@ -35,9 +35,8 @@ def recipe_data(**changes) -> dict:
 
 
 def write(folder: Path, data, name: str = "recipe.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    """Write `data` as a recipe file in `folder`."""
+    return write_yaml(folder / name, data)
 
 
 def config_error(tmp_path: Path, data) -> str:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from edgepack.compression.distill import divergence
+from tests.helpers import sample_set
 
 
 def test_binary_divergence_is_the_bernoulli_kl_and_zero_for_the_teacher_itself():
@@ -30,10 +31,7 @@ def test_class_divergence_is_the_softmax_kl():
 
 
 def _labelled(labels):
-    from edgepack.calibration.dataset import SampleSet
-
-    return SampleSet(role="distillation", source="train.npz", arrays={"x": np.zeros((len(labels), 2), np.float32)},
-                     labels=np.asarray(labels), batch_size=8, sha256="")
+    return sample_set({"x": np.zeros((len(labels), 2), np.float32)}, labels, role="distillation", source="train.npz")
 
 
 def test_distillation_labels_fit_the_task():

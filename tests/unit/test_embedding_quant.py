@@ -17,18 +17,12 @@ from edgepack.quantization.embedding_tables import (
     quantize_tables,
 )
 from edgepack.recipe.schema import InputSpec
-from tests.unit import prune_models
-
-
-def _table(seed=0):
-    rng = np.random.default_rng(seed)
-    # rows of very different magnitude: a single per-tensor scale would crush the small ones
-    return (rng.normal(size=(64, 32)) * rng.uniform(0.001, 10, size=(64, 1))).astype(np.float32)
+from tests.helpers import embedding_onnx, seeded, spread_table
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_per_row_round_trip_is_within_half_a_step_of_each_row(bits):
-    table = _table()
+    table = spread_table(64, 32)
     quantized, scales = (per_row_int8 if bits == 8 else per_row_int4)(table)
     restored = (dequantize_int8 if bits == 8 else dequantize_int4)(quantized, scales)
     step = scales.astype(np.float32)
@@ -41,29 +35,15 @@ def test_per_row_round_trip_is_within_half_a_step_of_each_row(bits):
 
 
 def test_zero_rows_survive():
-    table = _table()
+    table = spread_table(64, 32)
     table[3] = 0
     assert np.array_equal(dequantize_int8(*per_row_int8(table))[3], np.zeros(32, np.float32))
 
 
-@pytest.fixture()
-def embedding_onnx(tmp_path):
-    torch.manual_seed(0)
-    model = prune_models.EmbeddingModel("cat").eval()
-    gen = torch.Generator().manual_seed(1)
-    example = (torch.randint(0, 50, (32,), generator=gen), torch.randint(0, 40, (32,), generator=gen),
-               torch.randn(32, 4, generator=gen))
-    feeds = {f"in{i}": t.numpy() for i, t in enumerate(example)}
-    inputs = [InputSpec(name="in0", dtype="int64", shape=["batch"]),
-              InputSpec(name="in1", dtype="int64", shape=["batch"]),
-              InputSpec(name="in2", dtype="float32", shape=["batch", 4])]
-    path = export_float_onnx(model, inputs, feeds, tmp_path / "float.onnx")
-    return path, feeds, OrtRunner(path, threads=1)(feeds)[0]
-
-
 @pytest.mark.parametrize("bits, shrink", [(8, 3.0), (4, 5.0)])  # dim 16: scales cost 25% of int8 rows
-def test_tables_are_rewritten_and_still_compute_the_model(embedding_onnx, bits, shrink):
-    path, feeds, expected = embedding_onnx
+def test_tables_are_rewritten_and_still_compute_the_model(tmp_path, bits, shrink):
+    path, feeds = embedding_onnx(tmp_path)
+    expected = OrtRunner(path, threads=1)(feeds)[0]
     reports, keep_float = quantize_tables(path, bits=bits)
     assert sorted(report["rows"] for report in reports) == [40, 50]
     for report in reports:
@@ -95,8 +75,7 @@ class SharedTable(torch.nn.Module):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_a_table_read_by_two_gathers_is_stored_once(tmp_path, bits):
-    torch.manual_seed(0)
-    model = SharedTable().eval()
+    model = seeded(SharedTable)
     gen = torch.Generator().manual_seed(1)
     feeds = {"candidate": torch.randint(0, 60, (16,), generator=gen).numpy(),
              "history": torch.randint(0, 60, (16,), generator=gen).numpy()}

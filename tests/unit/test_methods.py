@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgepack.calibration.dataset import load_sample_set
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
 from edgepack.calibration.ranges import SampleSetReader, calibrator_options, compute_ranges, ort_method
-from edgepack.recipe.schema import CalibrationConfig, InputSpec
+from edgepack.recipe.schema import InputSpec
+from tests.helpers import npz_sample_set, seeded
 
 SPEC = InputSpec(name="x", dtype="float32", shape=["batch", 1, 8, 8])
 
@@ -34,21 +34,17 @@ class TinyNet(nn.Module):
 def calibration_setup(tmp_path_factory):
     """A seeded float ONNX model and 256 calibration samples (normal data plus a few large outliers)."""
     folder = tmp_path_factory.mktemp("methods")
-    torch.manual_seed(0)
-    net = TinyNet().eval()
+    net = seeded(TinyNet)
     rng = np.random.default_rng(0)
     x = rng.normal(0.0, 1.0, size=(256, 1, 8, 8)).astype(np.float32)
     outliers = rng.choice(x.size, size=20, replace=False)
     x.flat[outliers] = rng.uniform(15.0, 30.0, size=20).astype(np.float32)
-    np.savez(folder / "calib.npz", x=x)
     model_path = folder / "tiny.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.from_numpy(x[:2]),), str(model_path), dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
-    source = CalibrationConfig(path=folder / "calib.npz", samples=None, batch_size=32)
-    sample_set = load_sample_set(source, [SPEC], role="calibration", base_dir=folder)
-    return model_path, sample_set, x
+    return model_path, npz_sample_set(folder / "calib.npz", {"x": x}, [SPEC]), x
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +140,7 @@ def test_ort_method_mapping():
 
 def test_reader_yields_equal_batches_and_rewinds(tmp_path):
     x = np.random.default_rng(1).normal(size=(70, 1, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x)
-    source = CalibrationConfig(path=tmp_path / "c.npz", samples=None, batch_size=32)
-    sample_set = load_sample_set(source, [SPEC], role="calibration", base_dir=tmp_path)
+    sample_set = npz_sample_set(tmp_path / "c.npz", {"x": x}, [SPEC])
     assert len(SampleSetReader(sample_set, ["x"], equal_only=False)) == 3  # MinMax keeps the uneven tail
     reader = SampleSetReader(sample_set, ["x"], equal_only=True)
     assert len(reader) == 2

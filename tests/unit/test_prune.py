@@ -10,22 +10,17 @@ from edgepack.compression.prune import prune_model, reload_and_check, save_prune
 from edgepack.errors import ConfigError, PruningError
 from edgepack.model.onnx_export import check_against_torch, export_float_onnx
 from edgepack.recipe.schema import InputSpec, PruneConfig
+from tests.helpers import seeded
 from tests.unit import prune_models
 
-
-def _seeded(model_cls, *args):
-    torch.manual_seed(0)
-    return model_cls(*args).eval()
-
-
 CASES = {
-    "residual_depthwise_cnn": (lambda: _seeded(prune_models.ResidualDepthwiseCNN),
+    "residual_depthwise_cnn": (lambda: seeded(prune_models.ResidualDepthwiseCNN),
                                lambda g: (torch.rand(8, 3, 16, 16, generator=g),)),
-    "mlp": (lambda: _seeded(prune_models.MLP), lambda g: (torch.randn(8, 20, generator=g),)),
-    "embedding_concat": (lambda: _seeded(prune_models.EmbeddingModel, "cat"),
+    "mlp": (lambda: seeded(prune_models.MLP), lambda g: (torch.randn(8, 20, generator=g),)),
+    "embedding_concat": (lambda: seeded(prune_models.EmbeddingModel, "cat"),
                          lambda g: (torch.randint(0, 50, (8,), generator=g), torch.randint(0, 40, (8,), generator=g),
                                     torch.randn(8, 4, generator=g))),
-    "multihead_attention": (lambda: _seeded(prune_models.TinyTransformer, "mha"),
+    "multihead_attention": (lambda: seeded(prune_models.TinyTransformer, "mha"),
                             lambda g: (torch.randn(8, 6, 8, generator=g),)),
 }
 
@@ -65,7 +60,7 @@ def test_embedding_dims_are_pruned_when_concatenated():
 
 
 def test_whole_attention_heads_are_removed_and_the_head_count_rewritten(tmp_path):
-    model = _seeded(prune_models.TinyTransformer, "qkv")
+    model = seeded(prune_models.TinyTransformer, "qkv")
     example = (torch.randn(8, 6, 8, generator=torch.Generator().manual_seed(1)),)
     config = PruneConfig(ratio=0.2, by="params", attention=[{"module": "attn", "q": "attn.q", "k": "attn.k",
                                                                "v": "attn.v"}])
@@ -78,7 +73,7 @@ def test_whole_attention_heads_are_removed_and_the_head_count_rewritten(tmp_path
 
 
 def test_stacked_embeddings_are_detected_and_left_unpruned():
-    model = _seeded(prune_models.EmbeddingModel, "stack")
+    model = seeded(prune_models.EmbeddingModel, "stack")
     example = _example(CASES["embedding_concat"][1])
     result = prune_model(model, example, PruneConfig(ratio=0.3, by="params", round_to=4))
     assert any("torch.stack" in note for note in result.notes)
@@ -122,7 +117,7 @@ def test_mac_target_is_reached():
 
 
 def test_activation_products_without_guidance_are_refused():
-    model = _seeded(prune_models.TinyTransformer, "qkv")
+    model = seeded(prune_models.TinyTransformer, "qkv")
     example = (torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(1)),)
     with pytest.raises(PruningError, match="prune.attention"):
         prune_model(model, example, PruneConfig(ratio=0.2, by="params"))

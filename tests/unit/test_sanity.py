@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepack.calibration.dataset import SampleSet
 from edgepack.evaluation.sanity import calibration_warnings, float_model_warnings
-
-
-def sample_set(arrays, labels=None, role="evaluation") -> SampleSet:
-    return SampleSet(role=role, source=f"{role}.npz", arrays=arrays, labels=labels, batch_size=32, sha256="0" * 64)
-
+from tests.helpers import sample_set
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.random((500, 1, 8, 8)).astype(np.float32)
