@@ -1,48 +1,93 @@
-"""The arm-tflite target against the shared contract, plus its full-integer INT8 structure and runner."""
+"""The arm-tflite target against the shared contract: full-integer INT8 flatbuffers, per-row INT8 tables
+read by EMBEDDING_LOOKUP, and the `float_io`, `nhwc` and `batch` options, read back from the file."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
-import pytest
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_litert")
+from tests.helpers import read_tflite, tflite_op_names
+from tests.targets.contract import TargetContract
 
-from edgepack.targets.arm_tflite.runner import TfliteRunner, dequantize, quantize  # noqa: E402
-from tests.targets.contract import TargetContract  # noqa: E402
+PER_ROW_VERSION = 4  # EMBEDDING_LOOKUP with per-channel (per-row) tables
+
+
+def signature_io(path) -> tuple[dict, dict]:
+    """The interpreter's view of the signature's inputs and outputs: name -> (dtype name, shape, scale)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+
+    def view(details):
+        return {name: (np.dtype(d["dtype"]).name, [int(x) for x in d["shape"]], d["quantization"][0])
+                for name, d in details.items()}
+
+    return view(runner.get_input_details()), view(runner.get_output_details())
 
 
 class TestArmTflite(TargetContract):
     target_name = "arm-tflite"
+    option_values = {"batch": (4,)}
 
-    def check_structure(self, artifact) -> None:
-        details = artifact.details
-        assert artifact.format == "tflite" and artifact.precision == "int8-full-integer"
-        assert details["tensor_dtypes"].get("int8", 0) >= 10, details["tensor_dtypes"]
-        for entry in details["inputs"] + details["outputs"]:
-            assert entry["dtype"] == "int8", "int8 inputs/outputs by default"
-            assert entry["quantization"]["scale"] > 0
-        assert {"CONV_2D", "FULLY_CONNECTED"} <= set(details["op_counts"])
-        assert "float_tensors" in details and "float_tensor_bytes" in details
-        # this CNN quantizes completely: nothing stays float, not even the I/O
-        assert details["float_tensors"] == [] and details["float_tensor_bytes"] == 0
+    def check_structure(self, artifact, exported) -> None:
+        options, case = exported.options, exported.case
+        assert artifact.format == "tflite"
+        assert artifact.precision == ("int8-float-io" if options.float_io else "int8-full-integer")
+        fb, model = read_tflite(artifact.path)
+        graph = model.subgraphs[0]
+        ops = tflite_op_names(fb, model)
+        types = Counter(tensor.type for tensor in graph.tensors)
+        assert types[fb.TensorType.INT8] >= 10, "int8 weights and activations"
+        inputs, outputs = signature_io(artifact.path)
+        assert sorted(inputs) == sorted(case.names)
+        for name, (dtype, shape, scale) in inputs.items():
+            spec = next(spec for spec in case.inputs if spec.name == name)
+            assert shape[0] == options.batch, "the fixed batch the option asks for"
+            sample = list(spec.sample_shape)
+            if options.nhwc and len(sample) == 3:
+                sample = sample[1:] + sample[:1]  # channel-last image input
+            assert shape[1:] == sample, (name, shape)
+            if case.is_id(name):
+                assert dtype == "int32", "ids are looked up as int32"
+            elif options.float_io:
+                assert dtype == "float32" and not scale
+            else:
+                assert dtype == "int8" and scale > 0
+        ((output_dtype, output_shape, output_scale),) = outputs.values()
+        assert output_shape[0] == options.batch
+        assert output_dtype == ("float32" if options.float_io else "int8") and (output_scale > 0) != options.float_io
+        float_inputs = [name for name in case.names if not case.is_id(name)]
+        if options.float_io:  # the boundary ops added around the int8 graph
+            assert ops[:len(float_inputs)] == ["QUANTIZE"] * len(float_inputs) and ops[-1] == "DEQUANTIZE"
+        for entry, channel_last in ((e, options.nhwc and len(e["shape"]) == 4) for e in artifact.details["inputs"]):
+            assert (entry["layout"] == "NHWC") == channel_last
+        runner = exported.runner(artifact)
+        assert runner.fixed_batch == options.batch
+        if case.name == "image":
+            if options.nhwc:  # the runner takes the recipe's NCHW layout and the artifact's own alike
+                images = case.feeds["image"][:8]
+                np.testing.assert_array_equal(runner({"image": images})[0],
+                                              runner({"image": images.transpose(0, 2, 3, 1)})[0])
+            assert {"CONV_2D", "FULLY_CONNECTED"} <= set(ops)
+            # this CNN quantizes completely: nothing stays float but the I/O float_io asks for
+            roles = {entry["role"] for entry in artifact.details["float_tensors"]}
+            assert roles == ({"input", "output"} if options.float_io else set()), artifact.details["float_tensors"]
+        else:
+            self._check_tables(fb, model, graph, ops, artifact)
 
-    def test_quantize_dequantize_round_trip(self, exported):
-        _, artifacts, _, evaluation, _ = exported
-        runner = TfliteRunner(artifacts[0].path, threads=1)
-        detail = runner._inputs["image"]
-        scale, zero_point = detail["quantization"]
-        values = evaluation.arrays["image"][:8]
-        back = dequantize(quantize(values, scale, zero_point, np.int8), scale, zero_point)
-        # inside the representable range the round trip is off by at most half a step
-        low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
-        inside = (values >= low) & (values <= high)
-        assert inside.all()
-        assert np.abs(back - values)[inside].max() <= scale / 2 + 1e-6
-
-    def test_runner_handles_any_batch_size(self, exported):
-        target, artifacts, _, evaluation, _ = exported
-        runner = target.runner(artifacts[0].path, threads=2)
-        for size in (1, 3, 17):
-            (out,) = runner({"image": evaluation.arrays["image"][:size]})
-            assert out.shape == (size, 10) and out.dtype == np.float32
+    @staticmethod
+    def _check_tables(fb, model, graph, ops, artifact) -> None:
+        """TinyCtr's two tables: INT8 with one scale per row and zero points 0, read by EMBEDDING_LOOKUP v4."""
+        assert ops.count("EMBEDDING_LOOKUP") == 2
+        lookups = [op for op in graph.operators
+                   if model.operatorCodes[op.opcodeIndex].builtinCode == fb.BuiltinOperator.EMBEDDING_LOOKUP]
+        for op in lookups:
+            table = graph.tensors[op.inputs[1]]
+            assert table.type == fb.TensorType.INT8
+            assert len(table.quantization.scale) == table.shape[0] and not any(table.quantization.zeroPoint)
+            assert model.operatorCodes[op.opcodeIndex].version == PER_ROW_VERSION
+        assert sorted(tuple(graph.tensors[op.inputs[1]].shape) for op in lookups) == [(48, 16), (64, 16)]
+        reported = {table["table"]: table for table in artifact.details["embedding_tables"]}
+        assert set(reported) == {"user.weight", "item.weight"}, "tables named after the model's parameters"
+        assert all(table["bits"] == 8 and table["scales"] == "per row" for table in reported.values())

@@ -1,35 +1,45 @@
-"""The arm-xnnpack target against the shared contract, plus its XNNPACK delegation."""
+"""The arm-xnnpack target against the shared contract: INT8 delegated to XNNPACK, per-row tables fused into
+ExecuTorch's embedding kernels, batches above the planned maximum."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-pytest.importorskip("executorch")
-pytest.importorskip("torchao")
-
-from tests.targets.contract import TargetContract  # noqa: E402
+from tests.targets.contract import TargetContract
 
 
 class TestArmXnnpack(TargetContract):
     target_name = "arm-xnnpack"
 
-    def check_structure(self, artifact) -> None:
+    def check_structure(self, artifact, exported) -> None:
+        case = exported.case
         details = artifact.details
         assert artifact.format == "pte" and details["delegate"] == "XnnpackBackend"
         assert details["delegated_subgraphs"] >= 1 and details["delegated_op_count"] > 0
         delegated = details["delegated_ops"]
-        assert delegated.get("aten_convolution_default", 0) == 5 and delegated.get("aten_linear_default", 0) == 2
         assert any("quantize_per_tensor" in op for op in delegated), "int8 activations inside the delegate"
         assert any("dequantize_per_channel" in op for op in delegated), "per-channel int8 weights"
-        # nothing heavy left outside the delegate: only shape plumbing (flatten's view, getitem, sym_size)
-        assert set(details["non_delegated_ops"]) <= {"aten_view_copy_default", "getitem", "sym_size"}
-        assert details["inputs"][0]["dtype"] == "float32" and details["outputs"][0]["dtype"] == "float32"
+        for entry in details["inputs"]:
+            assert entry["dtype"] == ("int64" if case.is_id(entry["name"]) else "float32"), entry
+        assert [entry["dtype"] for entry in details["outputs"]] == ["float32"]
+        assert [entry["name"] for entry in details["inputs"]] == case.names, "the model's input order"
+        if case.name == "image":
+            assert delegated.get("aten_convolution_default", 0) == 5 and delegated.get("aten_linear_default", 0) == 2
+            # nothing heavy left outside the delegate: only shape plumbing (flatten's view, getitem, sym_size)
+            assert set(details["non_delegated_ops"]) <= {"aten_view_copy_default", "getitem", "sym_size"}
+            return
+        assert delegated.get("aten_linear_default", 0) == 3
+        # XNNPACK has no gather: the tables are read outside it, by ExecuTorch's quantized embedding kernel
+        assert details["embedding_kernels"] == {"quantized_decomposed.embedding_byte.out": 2}
+        reported = {table["table"]: table for table in details["embedding_tables"]}
+        assert set(reported) == {"user.weight", "item.weight"}
+        assert all(table["bits"] == 8 and table["scales"] == "per row" for table in reported.values())
 
     def test_runner_splits_batches_above_the_planned_maximum(self, exported):
-        target, artifacts, _, evaluation, _ = exported
-        runner = target.runner(artifacts[0].path, threads=2)
+        case = exported.case
+        runner = exported.runner(exported.artifacts[0])
         size = runner.max_batch + 5
-        images = np.concatenate([evaluation.arrays["image"]] * (size // len(evaluation.arrays["image"]) + 1))[:size]
-        (out,) = runner({"image": images})
-        assert out.shape == (size, 10) and out.dtype == np.float32
+        rows = np.resize(np.arange(runner.max_batch), size)  # the 5 rows past the maximum repeat rows 0..4
+        (out,) = runner({name: array[rows] for name, array in case.feeds.items()})
+        assert out.shape == (size, *case.reference.shape[1:]) and out.dtype == np.float32
+        np.testing.assert_allclose(out[-5:], out[:5], rtol=1e-5, atol=1e-5 * float(np.abs(out).max()))
