@@ -30,6 +30,9 @@ from edgepack.quantization.embedding_tables import (
 PER_ROW_VERSION = 4  # EMBEDDING_LOOKUP with INT4 or per-channel tables (TFLite's op_version.cc)
 
 
+ZERO_POINT_BYTES = 8  # the schema stores zero_point as [long]: one int64 per scale, all zero here
+
+
 def _lookups(model, fb):
     """(operator code entries, table tensor, lookups) per float32 constant table that is read by
     EMBEDDING_LOOKUP ops only (an item table shared by two lookups is one table) and owns its buffer."""
@@ -102,8 +105,9 @@ def quantize_tflite_tables(path: Path, *, bits: int = 8,
             for code in codes:
                 model.operatorCodes[code].version = max(model.operatorCodes[code].version, PER_ROW_VERSION)
         fallback = (tensor.name or b"").decode(errors="replace")
+        stored_bytes = data.nbytes + stored_scales.nbytes + ZERO_POINT_BYTES * len(stored_scales)
         reports.append(table_report(_name(table, parameters or {}, fallback), table, restored, bits=used_bits,
-                                    stored_bytes=data.nbytes + stored_scales.nbytes) | {"lookups": lookups})
+                                    stored_bytes=stored_bytes) | {"lookups": lookups})
     if reports:
         write_tflite(model, path)
     return reports
