@@ -76,6 +76,7 @@ def ort_session(model: Path | bytes, *, threads: int, providers: tuple[str, ...]
     return ort.InferenceSession(source, sess_options=options, providers=chosen)
 
 
+FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 FAKE_QUANT_DEVICE = " (fake-quant emulation)"  # appended to the provider name of an emulated run
 X86_BUILD_OF_ARM_KERNELS = ("x86 build of the runtime's int8 kernels (int32 accumulation, as on ARM); the phone's "
                             "ARM kernels (dotprod/i8mm) were not run here")
@@ -94,6 +95,13 @@ class OrtRunner:
         self.fixed_batch = 1
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.output_names = [node.name for node in self.session.get_outputs()]
+        # an fp16-I/O artifact takes float16: the float32 data is cast to what each input declares
+        self._float_inputs = {node.name: FLOAT_TYPES[node.type] for node in self.session.get_inputs()
+                              if node.type in FLOAT_TYPES}
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
-        return self.session.run(None, {name: feeds[name] for name in self.input_names})
+        inputs = {name: feeds[name].astype(self._float_inputs[name], copy=False) if name in self._float_inputs
+                  else feeds[name] for name in self.input_names}
+        # float16 outputs are widened (exactly) so that metrics are computed in float32 like every other artifact
+        return [output.astype(np.float32) if output.dtype == np.float16 else output
+                for output in self.session.run(None, inputs)]

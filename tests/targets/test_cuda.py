@@ -19,8 +19,6 @@ def on_gpu() -> bool:
 
 class TestCuda(TargetContract):
     target_name = "cuda"
-    known_failures = {"keep_io_types=False": "edgepack bug: the fp16-I/O artifact's runner is fed the float32 data "
-                                             "as is, and onnxruntime refuses it (expected tensor(float16))"}
     runs_on_data = TargetContract.runs_on_data + ("test_fp16_stays_closer_to_the_float_model_than_int8",)
 
     def check_structure(self, artifact, exported) -> None:
