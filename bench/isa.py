@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from edgepack.benchmark.bench import EAGER, ONNX_FP32
+from edgepack.bundle.manifest import BenchRow, Manifest
 from edgepack.pipeline import pack
 from edgepack.recipe.load import load_recipe
 
@@ -22,8 +23,8 @@ VARIANTS = {"portable int8-7bit": {"isa": "portable", "portable_weights": "int8-
             "vnni (full int8)": {"isa": "vnni"}}
 
 
-def _bench_row(manifest: dict, name: str) -> dict:
-    return next(row for row in manifest["bench"]["rows"] if row["name"] == name)
+def _bench_row(manifest: Manifest, name: str) -> BenchRow:
+    return next(row for row in manifest.bench.rows if row.name == name)
 
 
 def isa_schemes(example: str, repeats: int) -> list[tuple]:
@@ -37,25 +38,24 @@ def isa_schemes(example: str, repeats: int) -> list[tuple]:
                                                "target_options": {**recipe.target_options, "x86": options}})
             manifest = pack(recipe).manifest
         large = f"batch_{recipe.latency.batch_size}"
-        artifact = manifest["targets"]["x86"]["artifacts"][0]
+        artifact = manifest.targets["x86"].artifacts[0]
         row, onnx_fp32 = _bench_row(manifest, "x86/model.int8.onnx"), _bench_row(manifest, ONNX_FP32)
         if label.startswith("portable int8"):
-            rows += [(f"{example}: fp32 ONNX ms b1 / {large}", onnx_fp32["latency"]["batch_1"]["median_ms"], "(info)",
+            rows += [(f"{example}: fp32 ONNX ms b1 / {large}", onnx_fp32.latency["batch_1"].median_ms, "(info)",
                       True),
-                     (f"{example}: fp32 ONNX ms {large}", onnx_fp32["latency"][large]["median_ms"], "(info)", True)]
+                     (f"{example}: fp32 ONNX ms {large}", onnx_fp32.latency[large].median_ms, "(info)", True)]
         rows += [
-            (f"{example} {label}: size / fp32 ONNX", artifact["size_ratio_vs_fp32_onnx"], "(info)", True),
-            (f"{example} {label}: {drift_key} ({unit})", artifact["metrics"][drift_key], "(info)", True),
-            (f"{example} {label}: ms b1", row["latency"]["batch_1"]["median_ms"], "(info)", True),
-            (f"{example} {label}: ms {large}", row["latency"][large]["median_ms"], "(info)", True),
-            (f"{example} {label}: speed-up vs ORT fp32 b1", row["speedup_vs_onnx_fp32"]["batch_1"], "(info)", True),
-            (f"{example} {label}: speed-up vs ORT fp32 {large}", row["speedup_vs_onnx_fp32"][large], "(info)", True),
+            (f"{example} {label}: size / fp32 ONNX", artifact.size_ratio_vs_fp32_onnx, "(info)", True),
+            (f"{example} {label}: {drift_key} ({unit})", artifact.metrics[drift_key], "(info)", True),
+            (f"{example} {label}: ms b1", row.latency["batch_1"].median_ms, "(info)", True),
+            (f"{example} {label}: ms {large}", row.latency[large].median_ms, "(info)", True),
+            (f"{example} {label}: speed-up vs ORT fp32 b1", row.speedup_vs_onnx_fp32["batch_1"], "(info)", True),
+            (f"{example} {label}: speed-up vs ORT fp32 {large}", row.speedup_vs_onnx_fp32[large], "(info)", True),
         ]
-        if EAGER in {r["name"] for r in manifest["bench"]["rows"]}:
-            rows.append((f"{example} {label}: speed-up vs eager {large}", row["speedup_vs_eager"][large], "(info)",
+        if EAGER in {r.name for r in manifest.bench.rows}:
+            rows.append((f"{example} {label}: speed-up vs eager {large}", row.speedup_vs_eager[large], "(info)",
                          True))
         if label.startswith("vnni"):
             rows.append((f"{example} {label}: outputs with an int16 pair beyond range on calibration data",
-                         artifact["structure"]["isa"]["saturation"].get("data_check_outputs_at_risk", 0), "(info)",
-                         True))
+                         artifact.isa.saturation.data_check_outputs_at_risk or 0, "(info)", True))
     return rows

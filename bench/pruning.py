@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PRUNED_RECIPE = ROOT / "examples" / "image_classifier" / "recipe_pruned.yaml"
 
 
-def _row(bench: dict, name: str) -> dict:
-    return next(row for row in bench["rows"] if row["name"] == name)
-
-
 def pruned_image_classifier(repeats: int) -> list[tuple]:
     """Pack recipe_pruned.yaml (prune 50% MACs, distill, INT8 x86) and derive the ratios."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -33,18 +29,17 @@ def pruned_image_classifier(repeats: int) -> list[tuple]:
         result = pack(recipe)
         wall = time.perf_counter() - started
     manifest = result.manifest
-    pruning = manifest["pruning"]
+    pruning = manifest.pruning
     large = f"batch_{recipe.latency.batch_size}"
-    onnx_before = pruning["latency"]["onnxruntime_fp32"]["before"][large]["median_ms"]
-    onnx_after = pruning["latency"]["onnxruntime_fp32"]["after"][large]["median_ms"]
-    artifact = manifest["targets"]["x86"]["artifacts"][0]
-    speedup = _row(manifest["bench"], "x86/model.int8.onnx")["speedup_vs_eager"][large]
-    smaller = manifest["source_model"]["size_bytes"] / artifact["size_bytes"]
-    accuracy = pruning["accuracy"]
+    onnx_before = pruning.latency["onnxruntime_fp32"].before[large].median_ms
+    onnx_after = pruning.latency["onnxruntime_fp32"].after[large].median_ms
+    artifact = manifest.targets["x86"].artifacts[0]
+    speedup = manifest.bench.row("x86/model.int8.onnx").speedup_vs_eager[large]
+    smaller = manifest.source_model.size_bytes / artifact.size_bytes
+    accuracy = pruning.accuracy
     drop = 100 * (accuracy["float"] - accuracy["distilled"])
     return [
-        ("MACs removed (fraction)", pruning["macs"]["removed_fraction"], ">= 0.50",
-         pruning["macs"]["removed_fraction"] >= 0.5),
+        ("MACs removed (fraction)", pruning.macs.removed_fraction, ">= 0.50", pruning.macs.removed_fraction >= 0.5),
         ("accuracy float → pruned → distilled (points of drop after)", drop, "<= 0.5", drop <= 0.5),
         ("  float accuracy", accuracy["float"], "(info)", True),
         ("  pruned accuracy before recovery", accuracy["pruned"], "(info)", True),
@@ -53,7 +48,7 @@ def pruned_image_classifier(repeats: int) -> list[tuple]:
          onnx_before / onnx_after >= 1.6),
         ("float model size / pruned INT8 x86 size", smaller, ">= 8", smaller >= 8),
         (f"pruned INT8 x86 speed-up vs eager fp32, {large}", speedup, ">= 6", speedup >= 6),
-        ("pruned INT8 x86 drift vs float: accuracy drop, points", artifact["metrics"]["accuracy_drop"], "(info)", True),
+        ("pruned INT8 x86 drift vs float: accuracy drop, points", artifact.metrics["accuracy_drop"], "(info)", True),
         ("edgepack pack wall time incl. pruning, distillation, bench, s", wall, "(info)", True),
     ]
 

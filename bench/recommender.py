@@ -26,11 +26,11 @@ def recommender(repeats: int) -> list[tuple]:
                 "latency": recipe.latency.model_copy(update={"repeats": repeats}),
                 "quantization": recipe.quantization.model_copy(update={"embedding_bits": bits})})
             manifest = pack(recipe, bench=False).manifest
-        artifact = manifest["targets"]["x86"]["artifacts"][0]
-        metrics = artifact["metrics"]
-        ratio = artifact["size_ratio_vs_fp32_onnx"]
-        tables = artifact["structure"]["embedding_tables"]
-        table_ratio = sum(t["bytes_after"] for t in tables) / sum(t["bytes_before"] for t in tables)
+        artifact = manifest.targets["x86"].artifacts[0]
+        metrics = artifact.metrics
+        ratio = artifact.size_ratio_vs_fp32_onnx
+        tables = artifact.embedding_tables
+        table_ratio = sum(t.bytes_after for t in tables) / sum(t.bytes_before for t in tables)
         rows += [
             (f"{bits}-bit tables: x86 size / fp32 ONNX (tables included)", ratio, f"<= {size_target}",
              ratio <= size_target),
@@ -43,13 +43,13 @@ def recommender(repeats: int) -> list[tuple]:
              max(v for k, v in metrics.items() if k.endswith("/auc_drop")), "(info)", True),
             (f"{bits}-bit tables: top-10 overlap with float", metrics["topk_overlap"], "(info)", True),
         ]
-        if "arm-tflite" in manifest["targets"]:
-            tflite = manifest["targets"]["arm-tflite"]["artifacts"][0]
-            rows += [(f"{bits}-bit tables: arm-tflite size / fp32 ONNX", tflite["size_ratio_vs_fp32_onnx"],
+        if "arm-tflite" in manifest.targets:
+            tflite = manifest.targets["arm-tflite"].artifacts[0]
+            rows += [(f"{bits}-bit tables: arm-tflite size / fp32 ONNX", tflite.size_ratio_vs_fp32_onnx,
                       "(info)", True),
-                     (f"{bits}-bit tables: arm-tflite AUC drop", tflite["metrics"]["auc_drop"], f"<= {auc_target}",
-                      tflite["metrics"]["auc_drop"] <= auc_target)]
-    rows.append(("float AUC / NDCG@10", manifest["source_model"]["metrics"]["auc"], "(info)", True))
+                     (f"{bits}-bit tables: arm-tflite AUC drop", tflite.metrics["auc_drop"], f"<= {auc_target}",
+                      tflite.metrics["auc_drop"] <= auc_target)]
+    rows.append(("float AUC / NDCG@10", manifest.source_model.metrics["auc"], "(info)", True))
     return rows
 
 
@@ -64,20 +64,20 @@ def pruned_recommender(repeats: int) -> list[tuple]:
                 "latency": recipe.latency.model_copy(update={"repeats": repeats}),
                 "distill": recipe.distill.model_copy(update={"alpha": alpha})})
             manifest = pack(recipe, bench=False).manifest
-        pruning = manifest["pruning"]
-        accuracy = pruning["accuracy"]
-        artifact = manifest["targets"]["x86"]["artifacts"][0]
-        metrics = artifact["metrics"]
+        pruning = manifest.pruning
+        accuracy = pruning.accuracy
+        artifact = manifest.targets["x86"].artifacts[0]
+        metrics = artifact.metrics
         if alpha == 1.0:
-            size = artifact["size_bytes"] / manifest["source_model"]["size_bytes"]
-            rows += [("parameters removed (fraction)", 1 - pruning["params"]["after"] / pruning["params"]["before"],
+            size = artifact.size_bytes / manifest.source_model.size_bytes
+            rows += [("parameters removed (fraction)", 1 - pruning.params.after / pruning.params.before,
                       "(info)", True),
-                     ("MACs removed (fraction)", pruning["macs"]["removed_fraction"], "(info)", True),
+                     ("MACs removed (fraction)", pruning.macs.removed_fraction, "(info)", True),
                      ("AUC float", accuracy["float"], "(info)", True),
                      ("AUC pruned, before recovery", accuracy["pruned"], "(info)", True),
                      ("pruned INT8 x86 size / float model", size, "(info)", True)]
         rows += [(f"{label}: AUC after recovery", accuracy["distilled"], "(info)", True),
-                 (f"{label}: kept epoch", pruning["distillation"]["best_epoch"], "(info)", True),
+                 (f"{label}: kept epoch", pruning.distillation.best_epoch, "(info)", True),
                  (f"{label}: INT8 x86 AUC drop vs float", metrics["auc_drop"], "<= 0.003",
                   alpha == 0.0 or metrics["auc_drop"] <= 0.003),
                  (f"{label}: INT8 x86 NDCG@10 relative drop", metrics["ndcg_relative_drop"], "<= 0.01",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from edgepack.benchmark.bench import EAGER, BenchSettings, bench_bundle
 from edgepack.bundle.build import machine_facts
+from edgepack.bundle.files import Bundle
+from edgepack.bundle.manifest import BenchFigures, BenchRow
 from edgepack.isa import host_isa
 from edgepack.pipeline import pack
 from edgepack.recipe.load import load_recipe
@@ -30,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE_RECIPE = ROOT / "examples" / "image_classifier" / "recipe.yaml"
 
 
-def _row(bench: dict, name: str) -> dict:
-    return next(row for row in bench["rows"] if row["name"] == name)
+def _row(bench: BenchFigures, name: str) -> BenchRow:
+    row = bench.row(name)
+    assert row is not None, f"{name} was not timed"
+    return row
 
 
 def image_classifier(repeats: int) -> tuple[list[tuple], dict]:
@@ -44,36 +48,34 @@ def image_classifier(repeats: int) -> tuple[list[tuple], dict]:
         started = time.perf_counter()
         result = pack(recipe)
         wall = time.perf_counter() - started
-        second = bench_bundle(result.bundle, BenchSettings.from_latency(recipe.latency))
+        second = bench_bundle(Bundle.open(result.bundle), BenchSettings.from_latency(recipe.latency))
     manifest = result.manifest
-    first = manifest["bench"]
+    first = manifest.bench
     large = f"batch_{recipe.latency.batch_size}"
-    x86 = manifest["targets"]["x86"]["artifacts"][0]
+    x86 = manifest.targets["x86"].artifacts[0]
     x86_bench = _row(first, "x86/model.int8.onnx")
-    drift = max(abs(a["latency"][large]["median_ms"] / b["latency"][large]["median_ms"] - 1)
-                for a, b in zip(first["rows"], second["rows"]))
+    drift = max(abs(a.latency[large].median_ms / b.latency[large].median_ms - 1)
+                for a, b in zip(first.rows, second.rows))
     rows = [
-        ("x86 INT8 size / fp32 ONNX size", x86["size_ratio_vs_fp32_onnx"], "<= 0.30",
-         x86["size_ratio_vs_fp32_onnx"] <= 0.30),
-        (f"x86 INT8 speed-up vs eager fp32, {large}", x86_bench["speedup_vs_eager"][large], ">= 4.0",
-         x86_bench["speedup_vs_eager"][large] >= 4.0),
-        ("x86 INT8 speed-up vs eager fp32, batch_1", x86_bench["speedup_vs_eager"]["batch_1"], "(info)", True),
-        ("x86 INT8 accuracy drop, points", x86["metrics"]["accuracy_drop"], "<= 0.3",
-         x86["metrics"]["accuracy_drop"] <= 0.3),
-        ("x86 INT8 top-1 agreement", x86["metrics"]["top1_agreement"], "(info)", True),
+        ("x86 INT8 size / fp32 ONNX size", x86.size_ratio_vs_fp32_onnx, "<= 0.30", x86.size_ratio_vs_fp32_onnx <= 0.30),
+        (f"x86 INT8 speed-up vs eager fp32, {large}", x86_bench.speedup_vs_eager[large], ">= 4.0",
+         x86_bench.speedup_vs_eager[large] >= 4.0),
+        ("x86 INT8 speed-up vs eager fp32, batch_1", x86_bench.speedup_vs_eager["batch_1"], "(info)", True),
+        ("x86 INT8 accuracy drop, points", x86.metrics["accuracy_drop"], "<= 0.3",
+         x86.metrics["accuracy_drop"] <= 0.3),
+        ("x86 INT8 top-1 agreement", x86.metrics["top1_agreement"], "(info)", True),
         ("bench repeatability: max |run1/run2 - 1|, " + large, drift, "<= 0.10", drift <= 0.10),
         ("edgepack pack wall time incl. bench, s", wall, "<= 60", wall <= 60),
     ]
     for target in ("cuda",):
-        for artifact in manifest["targets"][target]["artifacts"]:
-            rows.append((f"{artifact['path']} size / fp32 ONNX", artifact["size_ratio_vs_fp32_onnx"], "(info)", True))
-            rows.append((f"{artifact['path']} accuracy drop, points", artifact["metrics"]["accuracy_drop"],
-                         "(info)", True))
-    medians = {row["name"]: [run_row["latency"][large]["median_ms"] for run_row in (row, _row(second, row["name"]))]
-               for row in first["rows"]}
+        for artifact in manifest.targets[target].artifacts:
+            rows.append((f"{artifact.path} size / fp32 ONNX", artifact.size_ratio_vs_fp32_onnx, "(info)", True))
+            rows.append((f"{artifact.path} accuracy drop, points", artifact.metrics["accuracy_drop"], "(info)", True))
+    medians = {row.name: [run_row.latency[large].median_ms for run_row in (row, _row(second, row.name))]
+               for row in first.rows}
     return rows, {"medians_ms_run1_run2": medians, "batch": large, "eager": EAGER,
-                  "float_accuracy": manifest["source_model"]["metrics"]["accuracy"],
-                  "peak_rss_mb": {row["name"]: row["peak_rss_mb"] for row in first["rows"]}}
+                  "float_accuracy": manifest.source_model.metrics["accuracy"],
+                  "peak_rss_mb": {row.name: row.peak_rss_mb for row in first.rows}}
 
 
 def main() -> None:
@@ -86,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.only or ("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"))
     machine = machine_facts(threads=2)
-    print(f"machine: {machine['processor']}, {machine['cpu_count']} cores, 2 threads, {machine['platform']}")
+    print(f"machine: {machine.processor}, {machine.cpu_count} cores, 2 threads, {machine.platform}")
     print(host_isa().line())
     sections, details = {}, {}
     if "image" in parts:
@@ -112,7 +114,7 @@ def main() -> None:
         for name, (first, second) in details["medians_ms_run1_run2"].items():
             print(f"  {name:40} {first:8.2f} {second:8.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine, "isa": host_isa().to_dict(),
+    record = {"machine": machine.to_json_dict(), "isa": host_isa().to_dict(),
               "sections": {title: [dict(zip(("measure", "value", "target", "ok"), row)) for row in section]
                            for title, section in sections.items()},
               "details": details, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -10,19 +10,31 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel
 
 from edgepack.benchmark.bench import BenchSettings, bench_bundle
 from edgepack.bundle.build import build_manifest
 from edgepack.bundle.documents import write_bundle_documents
-from edgepack.bundle.files import sha256_file, staging
+from edgepack.bundle.files import Bundle, sha256_file, staging
+from edgepack.bundle.manifest import (
+    FileEntry,
+    Latency,
+    LibraryLog,
+    Manifest,
+    PruningSection,
+    ReferenceEntry,
+    SourceModel,
+    Status,
+    ValidatedOn,
+)
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.capture import LOG_NAME
-from edgepack.compression.compress import compress, compression_manifest, save_compressed
+from edgepack.compression.compress import CompressionResult, compress, compression_manifest, save_compressed
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
 from edgepack.evaluation import tasks
 from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.latency import measure_batches
-from edgepack.evaluation.runners import OrtRunner, TorchRunner
+from edgepack.evaluation.runners import OrtRunner, Runner, TorchRunner
 from edgepack.evaluation.sanity import calibration_warnings, float_model_warnings
 from edgepack.evaluation.speed_flags import flag_slow_artifacts
 from edgepack.isa import host_isa
@@ -48,8 +60,8 @@ class ArtifactResult:
     sha256: str
     size_bytes: int
     drift: DriftReport
-    latency: dict
-    validated_on: dict
+    latency: Latency
+    validated_on: ValidatedOn
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ class TargetResult:
     error: Optional[str] = None
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         """'passed', 'failed' (drift over budget) or 'error'."""
         if self.error is not None:
             return "error"
@@ -73,7 +85,7 @@ class PackResult:
     """What `pack` produced."""
 
     bundle: Path
-    manifest: dict
+    manifest: Manifest
     targets: tuple[TargetResult, ...]
     warnings: tuple[str, ...] = field(default=())
 
@@ -86,7 +98,7 @@ class PackResult:
         return EXIT_DRIFT if "failed" in statuses else EXIT_OK
 
 
-def resolve_targets(recipe: Recipe) -> list[tuple[Target, object]]:
+def resolve_targets(recipe: Recipe) -> list[tuple[Target, BaseModel]]:
     """The recipe's targets with their validated options, checked to be installed and able to honour it."""
     resolved = []
     for name in recipe.targets:
@@ -115,6 +127,8 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
     (`edgepack bench`) and the figures go into the manifest and reports. `log_path`, the file the
     libraries' own output was sent to, is copied into the bundle as pack.log. An existing output folder
     is replaced only when it is an intact edgepack bundle, or with `force`."""
+    if recipe.output is None:
+        raise ConfigError(f"recipe '{recipe.name}': no output folder (load_recipe resolves one)")
     targets = resolve_targets(recipe)
     with progress.step("reading calibration and evaluation data"):
         calibration, evaluation = load_data(recipe)
@@ -124,8 +138,10 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
     with progress.step("loading the float model"):
         original = load_model(recipe)
         loaded, rewrites = _export_friendly(original, recipe, calibration)
-    compressed = (compress(loaded.module, recipe, calibration, evaluation, progress)
-                  if recipe.prune is not None or recipe.lowrank is not None else None)
+    compressed = None
+    if recipe.prune is not None or recipe.lowrank is not None:
+        assert loaded.module is not None, "the recipe schema refuses compression of an ONNX model"
+        compressed = compress(loaded.module, recipe, calibration, evaluation, progress)
     with (staging(recipe.output, force=force, on_clean=progress.warn) as stage,
           tempfile.TemporaryDirectory(prefix="edgepack-") as scratch):
         reference_path = stage / REFERENCE_DIR / REFERENCE_FILE
@@ -134,11 +150,11 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path)
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(original, recipe, evaluation, reference_path)
-        for warning in float_model_warnings(recipe.task, source["metrics"], evaluation):
+        for warning in float_model_warnings(recipe.task, source.metrics, evaluation):
             progress.warn(warning)
             warnings.append(warning)
         if rewrites:
-            source["rewrites_for_export"] = rewrites
+            source.rewrites_for_export = rewrites
         student_module, student_onnx, pruning = loaded.module, reference_path, None
         if compressed is not None:
             with progress.step("saving, reloading and exporting the pruned model"):
@@ -148,22 +164,21 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
         for target, options in targets:
             results.append(_run_target(target, options, recipe, student_module, student_onnx, calibration,
                                        evaluation, reference_outputs, stage, Path(scratch), progress))
-        reference_entry = {"path": f"{REFERENCE_DIR}/{REFERENCE_FILE}", "sha256": sha256_file(reference_path),
-                           "size_bytes": reference_path.stat().st_size, "format": "onnx", "precision": "fp32",
-                           "max_abs_difference_vs_torch": export_difference}
+        reference_entry = ReferenceEntry(path=f"{REFERENCE_DIR}/{REFERENCE_FILE}", sha256=sha256_file(reference_path),
+                                         size_bytes=reference_path.stat().st_size, format="onnx", precision="fp32",
+                                         max_abs_difference_vs_torch=export_difference)
         manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
-                                  calibration=calibration, evaluation=evaluation, warnings=warnings)
-        if pruning is not None:
-            manifest["pruning"] = pruning
+                                  calibration=calibration, evaluation=evaluation, warnings=warnings, pruning=pruning)
         if bench:
-            manifest["bench"] = bench_bundle(stage, BenchSettings.from_latency(recipe.latency), manifest=manifest,
-                                             progress=progress)
+            manifest.bench = bench_bundle(Bundle(folder=stage, manifest=manifest, recipe=recipe),
+                                          BenchSettings.from_latency(recipe.latency), progress=progress)
         flag_slow_artifacts(manifest, stage, evaluation.arrays, threads=recipe.latency.threads,
                             targets=frozenset(target.name for target, _ in targets if target.runs_on_host))
         if log_path is not None:
             shutil.copyfile(log_path, stage / LOG_NAME)
-            manifest["library_log"] = {"path": LOG_NAME, "note": "what the libraries edgepack ran printed during "
-                                       "pack (warnings, converter progress, runtime info); --verbose shows it live"}
+            manifest.library_log = LibraryLog(path=LOG_NAME, note="what the libraries edgepack ran printed during "
+                                              "pack (warnings, converter progress, runtime info); --verbose shows it "
+                                              "live")
         write_bundle_documents(stage, manifest)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results),
                       warnings=tuple(warnings))
@@ -203,6 +218,7 @@ def _export_friendly(loaded: LoadedModel, recipe: Recipe, calibration: SampleSet
 def _reference_onnx(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet, path: Path) -> Optional[float]:
     """Write the fp32 ONNX every target starts from; for torch models check it against PyTorch."""
     if loaded.module is None:
+        assert loaded.onnx_path is not None, "a model without a module is an ONNX file"
         shutil.copyfile(loaded.onnx_path, path)
         return None
     return _export_checked(loaded.module, recipe, evaluation, path)
@@ -222,24 +238,25 @@ def _float_runner(loaded: LoadedModel, recipe: Recipe, reference_path: Path):
 
 
 def _measure_source(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet,
-                    reference_path: Path) -> tuple[dict, np.ndarray]:
+                    reference_path: Path) -> tuple[SourceModel, np.ndarray]:
     """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
     runner, runtime = _float_runner(loaded, recipe, reference_path)
     outputs = collect_outputs(runner, evaluation)
     tasks.check_class_indices(recipe.task, evaluation, recipe.evaluation.labels, outputs)
-    source = {"kind": loaded.kind, "description": loaded.description, "runtime": runtime,
-              "metrics": tasks.quality(recipe.task, outputs, evaluation, recipe.evaluation),
-              "latency": measure_batches(runner, evaluation.arrays, recipe.latency),
-              "reference_onnx_latency": measure_batches(OrtRunner(reference_path, threads=recipe.latency.threads),
-                                                        evaluation.arrays, recipe.latency)}
+    metrics = tasks.quality(recipe.task, outputs, evaluation, recipe.evaluation)
+    latency = measure_batches(runner, evaluation.arrays, recipe.latency)
+    reference_runner = OrtRunner(reference_path, threads=recipe.latency.threads)
+    source = SourceModel(kind=loaded.kind, description=loaded.description, runtime=runtime, metrics=metrics,
+                         latency=latency,
+                         reference_onnx_latency=measure_batches(reference_runner, evaluation.arrays, recipe.latency))
     if loaded.module is not None:
-        params, macs = count_params_and_macs(loaded.module, evaluation.arrays, recipe.input_names)
-        source.update(params=params, macs=macs,
-                      size_bytes=sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values()))
+        source.params, source.macs = count_params_and_macs(loaded.module, evaluation.arrays, recipe.input_names)
+        source.size_bytes = sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values())
     return source, outputs
 
 
-def _pruned_outputs(compressed, recipe: Recipe, evaluation: SampleSet, source: dict, stage: Path) -> dict:
+def _pruned_outputs(compressed: CompressionResult, recipe: Recipe, evaluation: SampleSet, source: SourceModel,
+                    stage: Path) -> PruningSection:
     """Write the pruned model (whole program + fp32 ONNX), check both, measure it, describe it."""
     folder = stage / PRUNED_DIR
     folder.mkdir()
@@ -249,26 +266,27 @@ def _pruned_outputs(compressed, recipe: Recipe, evaluation: SampleSet, source: d
         raise ExportError(f"the reloaded pruned model differs from the pruned model by {reload_difference:.3g}")
     _export_checked(compressed.module, recipe, evaluation, onnx_path)
     latency = {
-        "torch_eager_fp32": {"before": source["latency"],
+        "torch_eager_fp32": {"before": source.latency,
                              "after": measure_batches(TorchRunner(compressed.module, recipe.input_names,
                                                                   recipe.latency.threads), evaluation.arrays,
                                                       recipe.latency)},
-        "onnxruntime_fp32": {"before": source["reference_onnx_latency"],
+        "onnxruntime_fp32": {"before": source.reference_onnx_latency,
                              "after": measure_batches(OrtRunner(onnx_path, threads=recipe.latency.threads),
                                                       evaluation.arrays, recipe.latency)},
     }
-    section = compression_manifest(compressed, latency=latency, reload_difference=reload_difference)
-    section["files"] = [{"path": f"{PRUNED_DIR}/{path.name}", "sha256": sha256_file(path),
-                         "size_bytes": path.stat().st_size} for path in (program, onnx_path)]
+    section = PruningSection.model_validate(compression_manifest(compressed, latency=latency,
+                                                                 reload_difference=reload_difference))
+    section.files = [FileEntry(path=f"{PRUNED_DIR}/{path.name}", sha256=sha256_file(path),
+                               size_bytes=path.stat().st_size) for path in (program, onnx_path)]
     return section
 
 
-def validated_on(artifact: Artifact, runner) -> dict:
+def validated_on(artifact: Artifact, runner: Runner) -> ValidatedOn:
     """Where and how an artifact's drift was measured: CPU, ISA features, runtime, provider, arithmetic."""
     host = host_isa()
-    return {"cpu": host.cpu, "machine": host.machine, "isa": list(host.features), "runtime": artifact.runtime,
-            "runtime_version": artifact.runtime_version, "execution_provider": runner.device,
-            "arithmetic": runner.arithmetic}
+    return ValidatedOn(cpu=host.cpu, machine=host.machine, isa=list(host.features), runtime=artifact.runtime,
+                       runtime_version=artifact.runtime_version, execution_provider=runner.device,
+                       arithmetic=runner.arithmetic)
 
 
 def _run_target(target: Target, options, recipe: Recipe, module, float_onnx: Path, calibration: SampleSet,

@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional
+
+import numpy as np
+
+from edgepack.bundle.manifest import Latency
+
+if TYPE_CHECKING:
+    from edgepack.evaluation.runners import Runner
+    from edgepack.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """What to time: the float model of `recipe` (torch), an ONNX file, or a target's artifact."""
+
+    kind: Literal["torch", "onnx", "artifact"]
+    batches: dict[int, dict[str, np.ndarray]]
+    warmup: int
+    repeats: int
+    threads: int
+    path: Optional[Path] = None
+    target: Optional[str] = None
+    recipe: Optional["Recipe"] = None
+
+
+@dataclass(frozen=True)
+class JobMeasurement:
+    """Latency per batch size and memory of one job, measured in its own process."""
+
+    latency: Latency
+    device: str
+    steady_allocator: bool
+    peak_rss_mb: float
+    model_memory_mb: float
 
 
 def _rss_kb(field: str) -> int:
@@ -39,35 +74,38 @@ def steady_allocator() -> bool:
         return False
 
 
-def _runner(job: dict):
-    if job["kind"] == "torch":
+def _runner(job: BenchJob) -> Runner:
+    if job.kind == "torch":
         from edgepack.evaluation.runners import TorchRunner
         from edgepack.model.load import load_model
-        from edgepack.recipe.load import parse_recipe
 
-        recipe = parse_recipe(job["recipe"], source="bundle manifest", base_dir=Path(job["base_dir"]))
-        return TorchRunner(load_model(recipe).module, recipe.input_names, job["threads"])
-    if job["kind"] == "onnx":
+        assert job.recipe is not None, "a torch job carries the bundle's recipe"
+        module = load_model(job.recipe).module
+        assert module is not None, "torch jobs are made only for factory and pickle models"
+        return TorchRunner(module, job.recipe.input_names, job.threads)
+    assert job.path is not None, "onnx and artifact jobs name a file"
+    if job.kind == "onnx":
         from edgepack.evaluation.runners import OrtRunner
 
-        return OrtRunner(Path(job["path"]), threads=job["threads"])
+        return OrtRunner(job.path, threads=job.threads)
     from edgepack.registry import get_target
 
-    return get_target(job["target"]).runner(Path(job["path"]), threads=job["threads"])
+    assert job.target is not None, "an artifact job names its target"
+    return get_target(job.target).runner(job.path, threads=job.threads)
 
 
-def run(job: dict) -> dict:
+def run(job: BenchJob) -> JobMeasurement:
     """Load the runner, time it at each batch size, and report latency and memory."""
     import torch
 
     from edgepack.evaluation.latency import measure
 
-    torch.set_num_threads(job["threads"])
+    torch.set_num_threads(job.threads)
     steady = steady_allocator()
     baseline_kb = _rss_kb("VmRSS")
     runner = _runner(job)
-    latency = {f"batch_{size}": measure(runner, feeds, warmup=job["warmup"], repeats=job["repeats"])
-               for size, feeds in sorted(job["batches"].items())}
+    latency = {f"batch_{size}": measure(runner, feeds, warmup=job.warmup, repeats=job.repeats)
+               for size, feeds in sorted(job.batches.items())}
     peak_kb = _rss_kb("VmHWM")
-    return {"latency": latency, "device": runner.device, "steady_allocator": steady,
-            "peak_rss_mb": peak_kb / 1024, "model_memory_mb": max(peak_kb - baseline_kb, 0) / 1024}
+    return JobMeasurement(latency=latency, device=runner.device, steady_allocator=steady,
+                          peak_rss_mb=peak_kb / 1024, model_memory_mb=max(peak_kb - baseline_kb, 0) / 1024)

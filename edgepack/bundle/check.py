@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgepack.bundle.files import check_checksums, open_manifest, unlisted_files
-from edgepack.bundle.manifest import Manifest
+from edgepack.bundle.files import Bundle, check_checksums, unlisted_files
+from edgepack.bundle.manifest import Manifest, Number
 from edgepack.calibration.dataset import load_sample_set
 from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
 from edgepack.evaluation import tasks
@@ -16,7 +16,6 @@ from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.runners import OrtRunner
 from edgepack.isa import host_isa
 from edgepack.recipe.budget import Budget
-from edgepack.recipe.schema import EvaluationConfig, InputSpec
 from edgepack.registry import get_target
 
 RECORDED_ABS_TOLERANCE = 2e-3  # accuracy, agreement, AUC: a sample or two of 1,000 may flip across hosts
@@ -49,24 +48,22 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
     """Check every checksum and that no file was added, then run the reference and each artifact on
     `data` and compare with the budget (`budget`, else the manifest's, with a warning). On the data the
     bundle was packed with, re-measured metrics must equal the recorded ones (within tolerance)."""
-    bundle = Path(bundle)
-    manifest = open_manifest(bundle)
-    stored = manifest.to_json_dict()
-    problems = check_checksums(bundle, stored) + [f"{name}: not listed in the manifest (added after packing)"
-                                                  for name in unlisted_files(bundle, stored)]
+    opened = Bundle.open(Path(bundle))
+    bundle, manifest = opened.folder, opened.manifest
+    files = manifest.files()
+    problems = check_checksums(bundle, files) + [f"{name}: not listed in the manifest (added after packing)"
+                                                 for name in unlisted_files(bundle, files)]
     if problems:
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
     _check_host_isa(manifest)
     misfit = budget.problems_for(manifest.task) if budget is not None else []
     if misfit:
         raise VerificationError("the given budget does not fit this bundle: " + "; ".join(misfit))
-    recipe = manifest.recipe
-    inputs = [InputSpec(**spec) for spec in recipe["inputs"]]
-    settings = EvaluationConfig.model_validate({**recipe["evaluation"], "path": Path(data).resolve(), "callable": None,
-                                                "samples": None, "columns": None}
-                                               | ({"labels": labels} if labels else {}))
-    evaluation = load_sample_set(settings, inputs, role="evaluation", base_dir=Path.cwd(), labels=settings.labels,
-                                 extras=tuple(settings.segments))
+    settings = opened.recipe.evaluation.model_copy(update={"path": Path(data).resolve(), "callable": None,
+                                                           "samples": None, "columns": None}
+                                                   | ({"labels": labels} if labels else {}))
+    evaluation = load_sample_set(settings, opened.recipe.inputs, role="evaluation", base_dir=Path.cwd(),
+                                 labels=settings.labels, extras=tuple(settings.segments))
     reference = collect_outputs(OrtRunner(bundle / manifest.reference.path, threads=threads), evaluation)
     tasks.check_class_indices(manifest.task, evaluation, settings.labels, reference)
     warnings = list(evaluation.warnings) + ([UNTRUSTED_BUDGET] if budget is None else [])
@@ -89,7 +86,7 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
                        recorded_failures=recorded, same_data=same_data)
 
 
-def _compare_with_recorded(path: str, measured: dict, recorded: dict) -> None:
+def _compare_with_recorded(path: str, measured: dict[str, float], recorded: dict[str, Optional[Number]]) -> None:
     """On the packing data, a recorded metric that the artifact does not reproduce means the manifest
     (or the artifact, with its checksum rewritten) was changed: refuse, naming the metric."""
     for key, was in recorded.items():
@@ -109,7 +106,7 @@ def _check_host_isa(manifest: Manifest) -> None:
     something else here (int16 pair saturation), so a drift measured here would be meaningless."""
     host = host_isa()
     for _, artifact in manifest.artifacts():
-        needs = artifact.structure.get("isa", {}).get("requires_isa") or []
+        needs = artifact.isa.requires_isa if artifact.isa is not None else []
         if needs and not set(needs) & set(host.features):
             raise VerificationError(
                 f"{artifact.path} was built with isa: vnni (full 8-bit weights) and needs one of {', '.join(needs)}; "

@@ -12,11 +12,9 @@ from edgepack.bundle.report_html import render_html
 from edgepack.bundle.report_md import render_markdown
 
 
-def write_bundle_documents(bundle: Path, manifest: dict) -> None:
-    """Validate the manifest against the typed model, then write manifest.json, report.md and
-    report.html, each replaced atomically."""
-    manifest = Manifest.model_validate(manifest).to_json_dict()
-    documents = {MANIFEST: json.dumps(manifest, indent=2) + "\n", REPORT: render_markdown(manifest),
+def write_bundle_documents(bundle: Path, manifest: Manifest) -> None:
+    """Write manifest.json, report.md and report.html, each replaced atomically."""
+    documents = {MANIFEST: json.dumps(manifest.to_json_dict(), indent=2) + "\n", REPORT: render_markdown(manifest),
                  REPORT_HTML: render_html(manifest)}
     for name, text in documents.items():
         temporary = Path(bundle) / f".{name}.tmp"

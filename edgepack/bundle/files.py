@@ -1,4 +1,5 @@
-"""Bundle files: built in a staging directory and moved into place only when complete; checksums."""
+"""Bundle files: built in a staging directory and moved into place only when complete; checksums;
+`Bundle.open`, the one way to read a bundle."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from pydantic import ValidationError
 
-from edgepack.bundle.build import iter_files
-from edgepack.bundle.manifest import SCHEMA_VERSION, Manifest
+from edgepack.bundle.manifest import SCHEMA_VERSION, FileEntry, Manifest, previous_schema_files
 from edgepack.capture import LOG_NAME
 from edgepack.errors import ConfigError, VerificationError
+from edgepack.recipe.load import parse_recipe
+from edgepack.recipe.schema import Recipe
 
 MANIFEST = "manifest.json"
 REPORT = "report.md"
@@ -119,9 +122,9 @@ def clean_stale(destination: Path) -> list[str]:
 BUNDLE_DOCUMENTS = frozenset({MANIFEST, REPORT, REPORT_HTML, LOG_NAME})
 
 
-def unlisted_files(folder: Path, manifest: dict) -> list[str]:
-    """Files in the bundle (relative paths) that its manifest does not list, besides its documents and log."""
-    listed = {entry["path"] for entry in iter_files(manifest)} | BUNDLE_DOCUMENTS
+def unlisted_files(folder: Path, files: Iterable[FileEntry]) -> list[str]:
+    """Files in the bundle (relative paths) that are not among `files`, besides its documents and log."""
+    listed = {entry.path for entry in files} | BUNDLE_DOCUMENTS
     return sorted(str(path.relative_to(folder)) for path in Path(folder).rglob("*")
                   if path.is_file() and str(path.relative_to(folder)) not in listed)
 
@@ -133,13 +136,13 @@ def why_not_replaceable(folder: Path) -> Optional[str]:
     if not (folder / MANIFEST).is_file():
         return "is a non-empty directory that is not an edgepack bundle"
     try:
-        manifest = _previous_schema(folder) or open_manifest(folder).to_json_dict()
+        files = _previous_schema_files(folder) or _load_manifest(folder).files()
     except VerificationError as exc:
         return f"holds a {MANIFEST} that is not a valid edgepack manifest ({exc})"
-    problems = check_checksums(folder, manifest)
+    problems = check_checksums(folder, files)
     if problems:
         return f"is an edgepack bundle whose files changed since packing ({'; '.join(problems[:3])})"
-    extra = unlisted_files(folder, manifest)
+    extra = unlisted_files(folder, files)
     if extra:
         return f"holds files the bundle does not list ({', '.join(extra[:5])})"
     return None
@@ -148,26 +151,18 @@ def why_not_replaceable(folder: Path) -> Optional[str]:
 PREVIOUS_SCHEMAS = (1,)  # bundles of earlier edgepack versions: replaceable, not readable by verify
 
 
-def _previous_schema(folder: Path) -> Optional[dict]:
-    """The raw manifest of a bundle written by an earlier edgepack (same file-list keys), else None."""
+def _previous_schema_files(folder: Path) -> Optional[list[FileEntry]]:
+    """The files listed by the manifest of a bundle written by an earlier edgepack, else None."""
     try:
         raw = json.loads((folder / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if isinstance(raw, dict) and raw.get("schema_version") in PREVIOUS_SCHEMAS and \
-            isinstance(raw.get("reference"), dict) and isinstance(raw.get("targets"), dict):
-        return raw
-    return None
+    return previous_schema_files(raw, PREVIOUS_SCHEMAS)
 
 
-def read_manifest(bundle: Path) -> dict:
+def _load_manifest(bundle: Path) -> Manifest:
     """The bundle's manifest, validated against the typed model (edgepack.bundle.manifest); a clear
     error naming the field when it is missing, unreadable, of another schema or malformed."""
-    return open_manifest(bundle).to_json_dict()
-
-
-def open_manifest(bundle: Path) -> Manifest:
-    """The bundle's manifest as a typed, validated Manifest."""
     path = Path(bundle) / MANIFEST
     if not Path(bundle).is_dir():
         raise VerificationError(f"{bundle}: bundle directory does not exist")
@@ -184,23 +179,48 @@ def open_manifest(bundle: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise VerificationError(f"{path}: malformed manifest: {where}: {first['msg']}"
-                                + (f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else "")
-                                ) from exc
+        raise VerificationError(f"{path}: malformed manifest: {_first_problem(exc)}") from exc
 
 
-def check_checksums(bundle: Path, manifest: dict) -> list[str]:
-    """Every file the manifest lists must exist with its recorded size and SHA-256; returns problems."""
+def _first_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle folder with its validated manifest and the recipe it was packed from, parsed once."""
+
+    folder: Path
+    manifest: Manifest
+    recipe: Recipe
+
+    @classmethod
+    def open(cls, folder: Path) -> "Bundle":
+        """Read and validate `folder`'s manifest and parse its stored recipe; VerificationError naming the
+        field when either is malformed."""
+        folder = Path(folder)
+        manifest = _load_manifest(folder)
+        try:
+            recipe = parse_recipe(manifest.recipe, source=f"{folder / MANIFEST}: recipe",
+                                  base_dir=Path(manifest.recipe_dir))
+        except ConfigError as exc:
+            raise VerificationError(f"malformed stored recipe: {exc}") from exc
+        return cls(folder=folder, manifest=manifest, recipe=recipe)
+
+
+def check_checksums(bundle: Path, files: Iterable[FileEntry]) -> list[str]:
+    """Every file in `files` must exist in the bundle with its recorded size and SHA-256; returns problems."""
     problems = []
     root = Path(bundle).resolve()
-    for entry in iter_files(manifest):
-        path = (root / entry["path"]).resolve()
+    for entry in files:
+        path = (root / entry.path).resolve()
         if not path.is_relative_to(root):
-            problems.append(f"{entry['path']}: points outside the bundle")
+            problems.append(f"{entry.path}: points outside the bundle")
         elif not path.is_file():
-            problems.append(f"{entry['path']}: missing")
-        elif path.stat().st_size != entry["size_bytes"] or sha256_file(path) != entry["sha256"]:
-            problems.append(f"{entry['path']}: checksum mismatch (file changed since packing)")
+            problems.append(f"{entry.path}: missing")
+        elif path.stat().st_size != entry.size_bytes or sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.path}: checksum mismatch (file changed since packing)")
     return problems

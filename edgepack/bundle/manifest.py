@@ -1,22 +1,33 @@
-"""The manifest as typed models: built once by the pipeline, validated when written and when read.
+"""The manifest as typed models: built once by the pipeline, validated when read.
 
 A bundle's manifest.json is these models dumped to JSON. `Bundle.open` (edgepack.bundle.files) reads it
 back through `Manifest.model_validate`, so a manifest with a missing field, a wrong type or an
-unknown key is refused with the field's path, not read by string keys and trusted.
+unknown key is refused with the field's path. This is the one module that knows the JSON's keys:
+everything else reads attributes. `structure` holds each target's own facts (op counts, tables, ...);
+the few of them that shared code shows (embedding tables, the x86 `isa` choice, a validation caveat)
+are validated here and read through typed accessors.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Final, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 2
+from edgepack.calibration.methods import CalibrationMethod
+
+SCHEMA_VERSION: Final = 2
 Number = float | int
+Bound = Literal["max", "min"]
+Status = Literal["passed", "failed", "error"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict: the fields that were set, as they were given."""
+        return self.model_dump(exclude_unset=True, by_alias=True)
 
 
 class LatencyFigure(_Strict):
@@ -31,6 +42,11 @@ class LatencyFigure(_Strict):
 
 
 Latency = dict[str, LatencyFigure]  # "batch_1", "batch_64", ...
+
+
+def batch_of(key: str) -> int:
+    """The batch size of a latency key ("batch_64" -> 64)."""
+    return int(key.removeprefix("batch_"))
 
 
 class ValidatedOn(_Strict):
@@ -51,16 +67,44 @@ class DriftCheckEntry(_Strict):
     metric: str
     value: float
     limit: float
-    bound: Literal["max", "min"]
+    bound: Bound
     passed: bool
+
+
+class QuantParams(_Strict):
+    """Scale and zero point an app applies at an input or output (ONNX also names the integer type)."""
+
+    scale: float
+    zero_point: int
+    dtype: Optional[str] = None
+
+
+class TensorSpec(_Strict):
+    """One input or output of an artifact as the app sees it."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+    quantization: Optional[QuantParams] = None
+    layout: Optional[str] = None
 
 
 class ArtifactIO(_Strict):
     """What an app developer feeds and reads."""
 
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
     layout: Optional[str] = None
+
+
+IO_KEYS = ("inputs", "outputs", "layout")
+
+
+def split_details(details: dict[str, Any]) -> tuple[ArtifactIO, dict[str, Any]]:
+    """A target's artifact details as the manifest stores them: the I/O, and the rest (`structure`)."""
+    io = ArtifactIO(inputs=details.get("inputs", []), outputs=details.get("outputs", []),
+                    layout=details.get("layout"))
+    return io, {key: value for key, value in details.items() if key not in IO_KEYS}
 
 
 class SlowerThanFp32(_Strict):
@@ -89,6 +133,55 @@ class ReferenceEntry(FileEntry):
     max_abs_difference_vs_torch: Optional[float] = None
 
 
+class EmbeddingTable(_Strict):
+    """One quantized embedding table of an artifact (x86, arm-tflite, arm-xnnpack)."""
+
+    table: str
+    rows: int
+    dim: int
+    bits: int
+    scales: str
+    bytes_before: int
+    bytes_after: int
+    max_abs_error: float
+    error_bound: float
+    lookups: int = 1  # the .pte does not count lookups: one per table
+
+
+class SaturationProof(_Strict):
+    """Whether an x86 artifact's integer pair sums can exceed int16 on a CPU without VNNI."""
+
+    integer_layers: int
+    layers_that_can_saturate_without_vnni: list[str]
+    worst_pair_sum: int
+    int16_limit: int
+    proof: str
+    data_check: Optional[list[dict[str, Any]]] = None
+    data_check_outputs_at_risk: Optional[int] = None
+
+
+class IsaChoice(_Strict):
+    """The x86 `isa` option: which weights were stored, why, what the artifact needs, the proof."""
+
+    option: str
+    weights: str
+    description: str
+    requires_isa: list[str]
+    reason: str
+    candidates: list[dict[str, Any]] = []
+    measured_on: Optional[str] = None
+    saturation: SaturationProof
+
+
+class _SharedFacts(BaseModel):
+    """The facts in `structure` that shared code reads; any other key is the target's own."""
+
+    model_config = ConfigDict(extra="allow")
+    embedding_tables: list[EmbeddingTable] = []
+    isa: Optional[IsaChoice] = None
+    validation: Optional[str] = None
+
+
 class ArtifactEntry(FileEntry):
     """One artifact: file, runtime, I/O, target-specific structure, drift, latency, validation host."""
 
@@ -107,11 +200,32 @@ class ArtifactEntry(FileEntry):
     validated_on: ValidatedOn
     slower_than_fp32: Optional[SlowerThanFp32] = None
 
+    @field_validator("structure")
+    @classmethod
+    def _shared_facts_are_well_formed(cls, structure: dict[str, Any]) -> dict[str, Any]:
+        _SharedFacts.model_validate(structure)
+        return structure
+
+    @property
+    def embedding_tables(self) -> list[EmbeddingTable]:
+        """The artifact's quantized embedding tables (none for targets that keep tables float)."""
+        return _SharedFacts.model_validate(self.structure).embedding_tables
+
+    @property
+    def isa(self) -> Optional[IsaChoice]:
+        """The x86 `isa` choice, for artifacts that made one."""
+        return _SharedFacts.model_validate(self.structure).isa
+
+    @property
+    def validation_note(self) -> Optional[str]:
+        """A caveat on how the artifact was validated (e.g. a CUDA artifact validated on CPU)."""
+        return _SharedFacts.model_validate(self.structure).validation
+
 
 class TargetEntry(_Strict):
     """A target's outcome: its artifacts, or the error that stopped it."""
 
-    status: Literal["passed", "failed", "error"]
+    status: Status
     error: Optional[str] = None
     artifacts: list[ArtifactEntry] = []
 
@@ -134,7 +248,7 @@ class SourceModel(_Strict):
 class CalibrationEntry(_Strict):
     """The calibration data and method used."""
 
-    method: dict[str, Any]
+    method: CalibrationMethod
     source: str
     samples_available_after_selection: int
     samples_used: int
@@ -152,14 +266,30 @@ class EvaluationEntry(_Strict):
     labels: Optional[str] = None
 
 
-class LatencySettings(_Strict):
-    """How in-process latency was measured, and on which machine."""
+class MachineFacts(_Strict):
+    """The machine latency was measured on."""
+
+    platform: str
+    machine: str
+    cpu_count: Optional[int]
+    threads: int
+    processor: str
+    isa: list[str]
+
+
+class Timing(_Strict):
+    """The larger batch size (batch 1 is always timed), warm-up and timed runs, threads."""
 
     batch_size: int
     warmup: int
     repeats: int
     threads: int
-    machine: dict[str, Any]
+
+
+class LatencySettings(Timing):
+    """How in-process latency was measured, and on which machine."""
+
+    machine: MachineFacts
     note: str
 
 
@@ -168,6 +298,126 @@ class LibraryLog(_Strict):
 
     path: str
     note: str
+
+
+class BeforeAfter(_Strict):
+    """A count before and after compression."""
+
+    before: int
+    after: int
+
+
+class MacCounts(BeforeAfter):
+    """MACs per sample before and after, and the fraction removed."""
+
+    removed_fraction: float
+
+
+class LowRankLayer(_Strict):
+    """One Linear layer considered for truncated-SVD factorization."""
+
+    layer: str
+    in_features: int = Field(alias="in")
+    out: int
+    rank: int
+    energy: float
+    params_before: int
+    params_after: int
+    factorized: bool
+
+
+class LatencyChange(_Strict):
+    """Latency of one runtime before and after compression."""
+
+    before: Latency
+    after: Latency
+
+
+class GroupCheck(_Strict):
+    """The self-check of one pruned layer group: outputs unchanged when its channels were zeroed."""
+
+    step: int
+    group: str
+    channels: int
+    max_relative_difference: float
+    checked: bool
+
+
+class DistillEpoch(_Strict):
+    """One distillation epoch."""
+
+    epoch: int
+    loss: float
+    validation: float
+    validation_kl: float
+
+
+class Distillation(_Strict):
+    """What the recovery training did and which epoch it kept."""
+
+    epochs_run: int
+    best_epoch: int
+    best_validation: float
+    validation_metric: str
+    selected_by: str
+    stopped: str
+    seconds: float
+    history: list[DistillEpoch]
+
+
+class PruningSection(_Strict):
+    """Pruning, low-rank factorization and distillation: sizes, latency and quality before and after."""
+
+    params: BeforeAfter
+    macs: MacCounts
+    size_bytes: BeforeAfter
+    lowrank: list[LowRankLayer]
+    accuracy: dict[str, float]  # the quality metric per stage: float, pruned (or compressed), distilled
+    quality_metric: str
+    layers: dict[str, BeforeAfter]
+    self_check: list[GroupCheck]
+    notes: list[str]
+    latency: dict[str, LatencyChange]  # "torch_eager_fp32", "onnxruntime_fp32"
+    reload_max_abs_difference: float
+    summary: str
+    distillation: Optional[Distillation] = None
+    files: list[FileEntry] = []
+
+
+class BenchSettingsEntry(Timing):
+    """How the benchmark timed its entries (the in-process figures of `pack` carry no memory note)."""
+
+    batch_sizes: Optional[list[int]] = None
+    data: str
+    isolation: str
+    memory: Optional[str] = None
+
+
+class BenchRow(_Strict):
+    """One timed entry (a float baseline or an artifact) with its ratios against the baselines."""
+
+    name: str
+    group: Optional[str] = None
+    size_bytes: Optional[int] = None
+    latency: Latency
+    device: str
+    steady_allocator: Optional[bool] = None
+    peak_rss_mb: Optional[float] = None
+    model_memory_mb: Optional[float] = None
+    speedup_vs_onnx_fp32: Optional[dict[str, float]] = None
+    speedup_vs_eager: Optional[dict[str, float]] = None
+    size_vs_eager: Optional[float] = None
+
+
+class BenchFigures(_Strict):
+    """`edgepack bench`: every entry timed in its own process."""
+
+    settings: BenchSettingsEntry
+    rows: list[BenchRow]
+
+    def row(self, name: str) -> Optional[BenchRow]:
+        """The row called `name`, if it was timed."""
+        return next((row for row in self.rows if row.name == name), None)
 
 
 class Manifest(_Strict):
@@ -186,10 +436,10 @@ class Manifest(_Strict):
     latency_settings: LatencySettings
     warnings: list[str]
     toolchain: dict[str, str]
-    recipe: dict[str, Any]
+    recipe: dict[str, Any]  # as written; `Bundle.open` parses it once into a Recipe
     recipe_dir: str
-    pruning: Optional[dict[str, Any]] = None
-    bench: Optional[dict[str, Any]] = None
+    pruning: Optional[PruningSection] = None
+    bench: Optional[BenchFigures] = None
     library_log: Optional[LibraryLog] = None
 
     def artifacts(self) -> list[tuple[str, ArtifactEntry]]:
@@ -198,9 +448,29 @@ class Manifest(_Strict):
 
     def files(self) -> list[FileEntry]:
         """Every file the manifest vouches for: reference, pruned model files, artifacts."""
-        pruned = [FileEntry.model_validate(entry) for entry in (self.pruning or {}).get("files", [])]
+        pruned = self.pruning.files if self.pruning is not None else []
         return [self.reference, *pruned, *(item for _, item in self.artifacts())]
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict written as manifest.json: the fields that were set, as they were given."""
-        return self.model_dump(exclude_unset=True)
+    def validation_notes(self) -> list[str]:
+        """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""
+        return sorted({note for _, item in self.artifacts() if (note := item.validation_note) is not None})
+
+    @property
+    def budget_disabled(self) -> bool:
+        """The recipe said `budget: none`: drift was measured and reported, not checked."""
+        return bool(self.recipe.get("budget", {}).get("disabled"))
+
+
+def previous_schema_files(raw: Any, versions: tuple[int, ...]) -> Optional[list[FileEntry]]:
+    """The files listed by a manifest of an earlier schema in `versions` (same file-list keys: reference,
+    pruning.files, targets.*.artifacts), or None when `raw` is not one."""
+    if not isinstance(raw, dict) or raw.get("schema_version") not in versions or \
+            not isinstance(raw.get("reference"), dict) or not isinstance(raw.get("targets"), dict):
+        return None
+    entries = [raw["reference"], *(raw.get("pruning") or {}).get("files", []),
+               *(item for target in raw["targets"].values() for item in target.get("artifacts", []))]
+    try:
+        return [FileEntry(path=entry["path"], sha256=entry["sha256"], size_bytes=entry["size_bytes"])
+                for entry in entries]
+    except (KeyError, TypeError, ValueError):
+        return None

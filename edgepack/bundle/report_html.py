@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import html
 import io
+from typing import Optional
 
-from edgepack.bundle.build import artifact_entries, validation_notes
+from edgepack.bundle.manifest import BenchFigures, Manifest, Number
 from edgepack.bundle.report_md import (
     EMBEDDING_HEADERS,
+    SUMMARY_HEADERS,
     VALIDATION_HEADERS,
     embedding_table_rows,
     isa_lines,
     speed_flag_lines,
+    summary_rows,
     validation_rows,
 )
 from edgepack.evaluation import tasks
@@ -29,7 +32,7 @@ td.l,th.l{text-align:left} .pass{color:#17702a;font-weight:600} .fail{color:#b00
 """
 
 
-def _e(value) -> str:
+def _e(value: object) -> str:
     return html.escape(str(value))
 
 
@@ -44,8 +47,8 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _large_key(manifest: dict) -> str:
-    return f"batch_{manifest['latency_settings']['batch_size']}"
+def _large_key(manifest: Manifest) -> str:
+    return f"batch_{manifest.latency_settings.batch_size}"
 
 
 def _png(figure) -> str:
@@ -54,7 +57,11 @@ def _png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _plots(manifest: dict) -> list[tuple[str, str]]:
+def _number(value: Optional[Number]) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _plots(manifest: Manifest) -> list[tuple[str, str]]:
     """(caption, base64 PNG) for size vs accuracy and latency vs accuracy, float model included."""
     import matplotlib
 
@@ -62,12 +69,12 @@ def _plots(manifest: dict) -> list[tuple[str, str]]:
     from matplotlib import pyplot as plt
 
     large = _large_key(manifest)
-    source = manifest["source_model"]
-    metric = tasks.headline(manifest["task"])
-    points = [("float fp32 ONNX", manifest["reference"]["size_bytes"] / 1e6,
-               source["reference_onnx_latency"][large]["median_ms"], source["metrics"][metric])]
-    points += [(item["path"], item["size_bytes"] / 1e6, item["latency"][large]["median_ms"],
-                item["metrics"].get(metric, float("nan"))) for _, item in artifact_entries(manifest)]
+    source = manifest.source_model
+    metric = tasks.headline(manifest.task)
+    points = [("float fp32 ONNX", manifest.reference.size_bytes / 1e6,
+               source.reference_onnx_latency[large].median_ms, _number(source.metrics.get(metric)))]
+    points += [(item.path, item.size_bytes / 1e6, item.latency[large].median_ms, _number(item.metrics.get(metric)))
+               for _, item in manifest.artifacts()]
     plots = []
     for axis_index, (label, caption) in enumerate(
             (("size (MB)", f"Size vs {metric}"),
@@ -86,93 +93,85 @@ def _plots(manifest: dict) -> list[tuple[str, str]]:
     return plots
 
 
-def render_html(manifest: dict) -> str:
+def render_html(manifest: Manifest) -> str:
     """The whole report page."""
     large = _large_key(manifest)
-    source = manifest["source_model"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgepack: {_e(manifest['name'])}</title>",
+    source = manifest.source_model
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgepack: {_e(manifest.name)}</title>",
              f"<style>{STYLE}</style></head><body>",
-             f"<h1>edgepack bundle: {_e(manifest['name'])}</h1>",
-             f"<p><span class='badge {'pass' if manifest['passed'] else 'fail'}'>"
-             f"{'PASSED' if manifest['passed'] else 'FAILED'}</span> task <code>{_e(manifest['task'])}</code>, "
-             f"created {_e(manifest['created_utc'])}</p>"]
+             f"<h1>edgepack bundle: {_e(manifest.name)}</h1>",
+             f"<p><span class='badge {'pass' if manifest.passed else 'fail'}'>"
+             f"{'PASSED' if manifest.passed else 'FAILED'}</span> task <code>{_e(manifest.task)}</code>, "
+             f"created {_e(manifest.created_utc)}</p>"]
     drift_columns = tasks.manifest_columns(manifest)
-    rows = [["float", _e(source["runtime"]), f"{source.get('size_bytes', 0) / 1e6:.3f}", "—",
-             *(tasks.cell(source["metrics"], key, spec) for _, key, spec in drift_columns),
-             f"{source['latency']['batch_1']['median_ms']:.3f}", f"{source['latency'][large]['median_ms']:.2f}", ""]]
-    for name, item in artifact_entries(manifest):
-        rows.append([_e(name), f"<code>{_e(item['path'])}</code> ({_e(item['precision'])})",
-                     f"{item['size_bytes'] / 1e6:.3f}", f"{item['size_ratio_vs_fp32_onnx']:.2f}x",
-                     *(tasks.cell(item["metrics"], key, spec) for _, key, spec in drift_columns),
-                     f"{item['latency']['batch_1']['median_ms']:.3f}", f"{item['latency'][large]['median_ms']:.2f}",
-                     _verdict(item["passed"])])
-    for name, target in manifest["targets"].items():
-        if target["status"] == "error":
-            rows.append([_e(name), f"<span class='fail'>error</span>: {_e(target['error'])}"]
+    rows = [["float", _e(source.runtime), f"{(source.size_bytes or 0) / 1e6:.3f}", "—",
+             *(tasks.cell(source.metrics, key, spec) for _, key, spec in drift_columns),
+             f"{source.latency['batch_1'].median_ms:.3f}", f"{source.latency[large].median_ms:.2f}", ""]]
+    for name, item in manifest.artifacts():
+        rows.append([_e(name), f"<code>{_e(item.path)}</code> ({_e(item.precision)})",
+                     f"{item.size_bytes / 1e6:.3f}", f"{item.size_ratio_vs_fp32_onnx:.2f}x",
+                     *(tasks.cell(item.metrics, key, spec) for _, key, spec in drift_columns),
+                     f"{item.latency['batch_1'].median_ms:.3f}", f"{item.latency[large].median_ms:.2f}",
+                     _verdict(item.passed)])
+    for name, target in manifest.targets.items():
+        if target.status == "error":
+            rows.append([_e(name), f"<span class='fail'>error</span>: {_e(target.error)}"]
                         + [""] * (len(drift_columns) + 4) + [_verdict(False)])
+    settings = manifest.latency_settings
     parts += ["<h2>Artifacts</h2>",
               _table(["target", "artifact", "size MB", "vs fp32 ONNX", *(c[0] for c in drift_columns),
-                      "ms b1", f"ms b{large.split('_')[1]}", "verdict"], rows, left=2),
+                      "ms b1", f"ms b{settings.batch_size}", "verdict"], rows, left=2),
               "<p class='note'>Latency: median wall time on this machine's CPU "
-              f"({_e(manifest['latency_settings']['machine']['processor'])}, "
-              f"{manifest['latency_settings']['threads']} threads). Drift: each artifact against the float model on "
-              f"{manifest['evaluation']['samples']} held-out samples.</p>"]
-    parts += [f"<p class='note'>{_e(note)}</p>" for note in validation_notes(manifest)]
+              f"({_e(settings.machine.processor)}, {settings.threads} threads). Drift: each artifact against the "
+              f"float model on {manifest.evaluation.samples} held-out samples.</p>"]
+    parts += [f"<p class='note'>{_e(note)}</p>" for note in manifest.validation_notes()]
     if validation_rows(manifest):
         parts += ["<h2>Where and how each artifact was validated</h2>",
                   _table(VALIDATION_HEADERS, [[_e(cell) for cell in row] for row in validation_rows(manifest)], left=5)]
         parts += [f"<p class='note'>{_e(line)}</p>" for line in isa_lines(manifest)]
     parts += [f"<p class='fail'>{_e(line)}</p>" for line in speed_flag_lines(manifest)]
-    parts.append(f"<h2>Size, {_e(tasks.headline(manifest['task']))} and latency</h2>")
+    parts.append(f"<h2>Size, {_e(tasks.headline(manifest.task))} and latency</h2>")
     parts += [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
               "</figcaption></figure>" for caption, data in _plots(manifest)]
     parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),
               "<h2>Compression</h2>", _compression(manifest)]
-    if "bench" in manifest:
-        parts += ["<h2>Benchmark (each entry in a fresh process)</h2>", _bench_table(manifest["bench"])]
+    if manifest.bench is not None:
+        parts += ["<h2>Benchmark (each entry in a fresh process)</h2>", _bench_table(manifest.bench)]
     parts += ["<h2>Provenance</h2>",
-              "<p class='note'>" + ", ".join(f"{_e(k)} {_e(v)}" for k, v in manifest["toolchain"].items()) + "</p>",
+              "<p class='note'>" + ", ".join(f"{_e(k)} {_e(v)}" for k, v in manifest.toolchain.items()) + "</p>",
               "</body></html>"]
     return "\n".join(parts) + "\n"
 
 
-def _drift_table(manifest: dict) -> str:
+def _drift_table(manifest: Manifest) -> str:
     rows = []
-    for name, item in artifact_entries(manifest):
-        metrics = item["metrics"]
-        for check in item["drift"]:
-            rows.append([_e(name), f"<code>{_e(item['path'])}</code>", _e(check["metric"]), f"{check['value']:.4g}",
-                         f"{_e(check['bound'])} {check['limit']:g}", _verdict(check["passed"])])
+    for name, item in manifest.artifacts():
+        metrics = item.metrics
+        for check in item.drift:
+            rows.append([_e(name), f"<code>{_e(item.path)}</code>", _e(check.metric), f"{check.value:.4g}",
+                         f"{_e(check.bound)} {check.limit:g}", _verdict(check.passed)])
         errors = [f"{metrics[key]:.3g}" for key in ("max_abs_error", "relative_l2") if key in metrics]
-        rows.append([_e(name), f"<code>{_e(item['path'])}</code>", "max abs / relative L2 error of outputs",
+        rows.append([_e(name), f"<code>{_e(item.path)}</code>", "max abs / relative L2 error of outputs",
                      " / ".join(errors), "(reported)", ""])
     return _table(["target", "artifact", "metric", "measured", "budget", "verdict"], rows, left=3)
 
 
-def _compression(manifest: dict) -> str:
-    source = manifest["source_model"]
-    calibration = manifest["calibration"]
+def _compression(manifest: Manifest) -> str:
+    source = manifest.source_model
+    calibration = manifest.calibration
     lines = []
-    if "pruning" in manifest:
-        lines.append(f"<p>Pruning: {_e(manifest['pruning'].get('summary', ''))}</p>")
+    if manifest.pruning is not None:
+        lines.append(f"<p>Pruning: {_e(manifest.pruning.summary)}</p>")
     else:
         lines.append("<p>Pruning: none in this recipe.</p>")
-    if "params" in source:
-        lines.append(f"<p>Float model: {source['params']:,} parameters, {source['macs']:,} MACs per sample.</p>")
-    method = ", ".join(f"{_e(k)}={_e(v)}" for k, v in calibration["method"].items())
-    lines.append(f"<p>Calibration: {method}; {calibration['samples_used']} samples "
-                 f"(batch {calibration['batch_size']}, seed {calibration['seed']}).</p>")
-    rows = []
-    for name, item in artifact_entries(manifest):
-        structure = item["structure"]
-        ops = structure.get("op_counts", {})
-        by_dtype = ", ".join(f"{k} {v / 1e3:.1f} kB"
-                             for k, v in structure.get("initializer_bytes_by_dtype", {}).items())
-        rows.append([_e(name), f"<code>{_e(item['path'])}</code>", str(ops.get("QuantizeLinear", 0)),
-                     str(ops.get("DequantizeLinear", 0)), _e(by_dtype),
-                     _e(", ".join(structure.get("float_nodes", [])) or "—")])
-    lines.append(_table(["target", "artifact", "QuantizeLinear", "DequantizeLinear", "weights by dtype",
-                         "nodes kept float"], rows, left=2))
+    if source.params is not None:
+        lines.append(f"<p>Float model: {source.params:,} parameters, {source.macs:,} MACs per sample.</p>")
+    method = ", ".join(f"{_e(k)}={_e(v)}" for k, v in calibration.method.model_dump().items())
+    lines.append(f"<p>Calibration: {method}; {calibration.samples_used} samples "
+                 f"(batch {calibration.batch_size}, seed {calibration.seed}).</p>")
+    rows = [[_e(cell) if index != 1 or not cell else f"<code>{_e(cell)}</code>" for index, cell in enumerate(row)]
+            for row in summary_rows(manifest)]
+    lines.append(_table(SUMMARY_HEADERS, rows, left=4))
     tables = embedding_table_rows(manifest)
     if tables:
         lines += ["<h3>Embedding tables</h3>", _table(EMBEDDING_HEADERS, [[_e(cell) for cell in row] for row in tables],
@@ -180,16 +179,17 @@ def _compression(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _bench_table(bench: dict) -> str:
-    settings = bench["settings"]
-    large = f"batch_{settings['batch_size']}"
-    rows = [[_e(row["name"]), _e(row["device"]),
-             f"{row['size_bytes'] / 1e6:.3f}" if row.get("size_bytes") else "—",
-             f"{row['latency']['batch_1']['median_ms']:.3f}", f"{row['latency'][large]['median_ms']:.2f}",
-             f"{row['speedup_vs_eager'][large]:.2f}x" if "speedup_vs_eager" in row else "—",
-             f"{row['speedup_vs_onnx_fp32'][large]:.2f}x" if "speedup_vs_onnx_fp32" in row else "—",
-             f"{row['peak_rss_mb']:.0f}", f"{row['model_memory_mb']:.0f}"] for row in bench["rows"]]
-    note = (f"<p class='note'>{settings['repeats']} timed runs after {settings['warmup']} warm-up, "
-            f"{settings['threads']} threads; data: {_e(settings['data'])}. {_e(settings['memory'])}.</p>")
-    return _table(["entry", "runs on", "size MB", "ms b1", f"ms b{settings['batch_size']}", "speed-up vs eager",
+def _bench_table(bench: BenchFigures) -> str:
+    settings = bench.settings
+    large = f"batch_{settings.batch_size}"
+    rows = [[_e(row.name), _e(row.device),
+             f"{row.size_bytes / 1e6:.3f}" if row.size_bytes else "—",
+             f"{row.latency['batch_1'].median_ms:.3f}", f"{row.latency[large].median_ms:.2f}",
+             f"{row.speedup_vs_eager[large]:.2f}x" if row.speedup_vs_eager is not None else "—",
+             f"{row.speedup_vs_onnx_fp32[large]:.2f}x" if row.speedup_vs_onnx_fp32 is not None else "—",
+             f"{row.peak_rss_mb:.0f}" if row.peak_rss_mb is not None else "—",
+             f"{row.model_memory_mb:.0f}" if row.model_memory_mb is not None else "—"] for row in bench.rows]
+    note = (f"<p class='note'>{settings.repeats} timed runs after {settings.warmup} warm-up, "
+            f"{settings.threads} threads; data: {_e(settings.data)}. {_e(settings.memory or '')}.</p>")
+    return _table(["entry", "runs on", "size MB", "ms b1", f"ms b{settings.batch_size}", "speed-up vs eager",
                    "vs ORT fp32", "peak RSS MB", "model memory MB"], rows, left=2) + note

@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 
+from edgepack.bundle.manifest import Latency, LatencyFigure
 from edgepack.evaluation.runners import Runner
+from edgepack.recipe.schema import LatencyConfig
 
 
 def make_batch(arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
@@ -20,7 +22,7 @@ def make_batch(arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.n
     return batch
 
 
-def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeats: int) -> dict:
+def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeats: int) -> LatencyFigure:
     """Median and 90th percentile in milliseconds over `repeats` timed runs."""
     for _ in range(warmup):
         runner(batch)
@@ -30,19 +32,18 @@ def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeat
         runner(batch)
         times.append((time.perf_counter() - started) * 1000.0)
     times.sort()
-    entry = {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-             "repeats": repeats, "warmup": warmup}
+    entry = LatencyFigure(median_ms=statistics.median(times),
+                          p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))], repeats=repeats, warmup=warmup)
     fixed = runner.fixed_batch
     rows = len(next(iter(batch.values())))
     if fixed > 1 and rows % fixed:
         calls = -(-rows // fixed)
-        entry["padded"] = f"the artifact has a fixed batch of {fixed}: {rows} row(s) ran as {calls} padded call(s)"
+        entry.padded = f"the artifact has a fixed batch of {fixed}: {rows} row(s) ran as {calls} padded call(s)"
     return entry
 
 
-def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings) -> dict:
-    """Latency at batch 1 and at the recipe's larger batch size."""
-    device = runner.device
+def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings: LatencyConfig) -> Latency:
+    """Latency at batch 1 and at the recipe's larger batch size, labelled with where it ran."""
     return {f"batch_{size}": measure(runner, make_batch(arrays, size), warmup=settings.warmup,
-                                     repeats=settings.repeats) | {"device": device}
+                                     repeats=settings.repeats).model_copy(update={"device": runner.device})
             for size in sorted({1, settings.batch_size})}

@@ -11,11 +11,12 @@ import json
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from edgepack.benchmark.bench import ONNX_FP32
-from edgepack.bundle.build import artifact_entries
+from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Latency, Manifest, SlowerThanFp32, batch_of
 from edgepack.evaluation.latency import make_batch
 from edgepack.evaluation.runners import FAKE_QUANT_DEVICE, ort_session
 from edgepack.isa import host_isa
@@ -67,34 +68,39 @@ def explain(shares: dict[str, float]) -> str:
     return f"kernel time: {split} (top ops: {top}){hardware}"
 
 
-def flag_slow_artifacts(manifest: dict, bundle: Path, arrays: dict[str, np.ndarray], *, threads: int,
+def flag_slow_artifacts(manifest: Manifest, bundle: Path, arrays: dict[str, np.ndarray], *, threads: int,
                         targets: frozenset[str]) -> None:
-    """Add `slower_than_fp32` to every artifact of `targets` whose latency at some batch size exceeds
+    """Set `slower_than_fp32` on every artifact of `targets` whose latency at some batch size exceeds
     the fp32 ONNX reference's in the same measurement (bench if present, else in-process)."""
     reference_latency, latency_of = _latencies(manifest)
-    for name, item in artifact_entries(manifest):
+    for name, item in manifest.artifacts():
         # an emulated run (fake-quant) is not this artifact's speed on this host: nothing to explain
-        if name not in targets or item["format"] != "onnx" or item["validated_on"]["execution_provider"].endswith(
+        if name not in targets or item.format != "onnx" or item.validated_on.execution_provider.endswith(
                 FAKE_QUANT_DEVICE):
             continue
         latency = latency_of(item)
         slower = [key for key in latency if key in reference_latency
-                  and latency[key]["median_ms"] > reference_latency[key]["median_ms"]]
+                  and latency[key].median_ms > reference_latency[key].median_ms]
         if not slower:
             continue
         key = slower[-1]
-        feeds = make_batch(arrays, int(key.split("_")[1]))
-        item["slower_than_fp32"] = {
-            "batch": int(key.split("_")[1]),
-            "artifact_ms": latency[key]["median_ms"], "fp32_onnx_ms": reference_latency[key]["median_ms"],
-            "batches": [int(k.split("_")[1]) for k in slower],
-            "reason": explain(op_time_shares(bundle / item["path"], feeds, threads=threads)),
-        }
+        feeds = make_batch(arrays, batch_of(key))
+        item.slower_than_fp32 = SlowerThanFp32(
+            batch=batch_of(key), artifact_ms=latency[key].median_ms, fp32_onnx_ms=reference_latency[key].median_ms,
+            batches=[batch_of(k) for k in slower],
+            reason=explain(op_time_shares(bundle / item.path, feeds, threads=threads)))
 
 
-def _latencies(manifest: dict):
+def _latencies(manifest: Manifest) -> tuple[Latency, Callable[[ArtifactEntry], Latency]]:
     """The fp32 ONNX reference's latency and a lookup of each artifact's, from one measurement."""
-    if "bench" in manifest:
-        rows = {row["name"]: row["latency"] for row in manifest["bench"]["rows"]}
-        return rows[ONNX_FP32], lambda item: rows.get(item["path"], item["latency"])
-    return manifest["source_model"]["reference_onnx_latency"], lambda item: item["latency"]
+    bench = manifest.bench
+    if bench is not None:
+        reference = bench.row(ONNX_FP32)
+        if reference is not None:
+            return reference.latency, lambda item: _bench_latency(bench, item)
+    return manifest.source_model.reference_onnx_latency, lambda item: item.latency
+
+
+def _bench_latency(bench: BenchFigures, item: ArtifactEntry) -> Latency:
+    row = bench.row(item.path)
+    return row.latency if row is not None else item.latency

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any, Mapping
 
 import onnx
 from onnx import numpy_helper
@@ -50,7 +51,7 @@ def describe_onnx(path: Path) -> dict:
         if producer is not None and producer.op_type == "DequantizeLinear" and value.name in dequantize_to:
             info["quantization"] = qparams(producer)
         outputs.append(info)
-    initializer_bytes = Counter()
+    initializer_bytes: Counter[str] = Counter()
     for name, array in constants.items():
         initializer_bytes[str(array.dtype)] += array.nbytes
     return {
@@ -60,3 +61,13 @@ def describe_onnx(path: Path) -> dict:
         "op_counts": dict(sorted(Counter(node.op_type for node in graph.node).items())),
         "initializer_bytes_by_dtype": dict(sorted(initializer_bytes.items())),
     }
+
+
+def onnx_summary(structure: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Report rows of an ONNX artifact from what `describe_onnx` recorded: opset, Q/DQ nodes, weights by dtype."""
+    ops = structure.get("op_counts", {})
+    weights = ", ".join(f"{dtype} {size / 1e3:.1f} kB"
+                        for dtype, size in structure.get("initializer_bytes_by_dtype", {}).items())
+    return [("opset", str(structure.get("opset", "—"))),
+            ("QuantizeLinear / DequantizeLinear", f"{ops.get('QuantizeLinear', 0)} / {ops.get('DequantizeLinear', 0)}"),
+            ("weights by dtype", weights or "—")]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.calibration.dataset import SampleSet
 from edgepack.calibration.methods import CalibrationMethod
 from edgepack.errors import ConfigError, MissingDependencyError
@@ -18,6 +19,15 @@ from edgepack.recipe.schema import InputSpec, QuantizationConfig, Recipe
 
 if TYPE_CHECKING:
     import torch
+
+
+Summary = list[tuple[str, str]]  # (label, value) rows of the report's compression section
+
+
+def basic_summary(artifact: ArtifactEntry) -> Summary:
+    """What any artifact says of itself, whatever its target: format, precision and I/O element types."""
+    io_types = sorted({tensor.dtype for tensor in [*artifact.io.inputs, *artifact.io.outputs]})
+    return [("format", f"{artifact.format}, {artifact.precision}"), ("I/O dtypes", ", ".join(io_types) or "—")]
 
 
 class NoOptions(BaseModel):
@@ -88,6 +98,11 @@ class Target(ABC):
             problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
             raise ConfigError(f"target_options.{self.name}: {problems} "
                               f"(valid keys: {', '.join(self.Options.model_fields) or 'none'})") from exc
+
+    def summarize(self, artifact: ArtifactEntry) -> Summary:
+        """The report's compression facts of one of this target's artifacts, read from the `structure` its
+        export recorded (Q/DQ nodes for ONNX, float tensors for TFLite, delegation for a .pte, ...)."""
+        return basic_summary(artifact)
 
     @abstractmethod
     def export(self, context: ExportContext) -> list[Artifact]:

@@ -32,18 +32,18 @@ class _Collector(HTMLParser):
 
 
 def test_bench_rows_cover_baselines_and_artifacts(packed):
-    bench = packed.manifest["bench"]
-    names = [row["name"] for row in bench["rows"]]
+    bench = packed.manifest.bench
+    names = [row.name for row in bench.rows]
     assert names == ["float (PyTorch eager fp32)", "float (ONNX Runtime fp32)", "x86/model.int8.onnx"]
-    eager = bench["rows"][0]
-    assert eager["speedup_vs_eager"] == {"batch_1": 1.0, "batch_16": 1.0} and eager["size_vs_eager"] == 1.0
-    for row in bench["rows"]:
-        assert set(row["latency"]) == {"batch_1", "batch_16"}
-        assert row["peak_rss_mb"] > 50 and row["model_memory_mb"] >= 0
-        ratio = eager["latency"]["batch_16"]["median_ms"] / row["latency"]["batch_16"]["median_ms"]
-        assert row["speedup_vs_eager"]["batch_16"] == pytest.approx(ratio)
-    assert bench["rows"][2]["device"] == "CPUExecutionProvider"
-    assert bench["settings"]["repeats"] == 3 and bench["settings"]["threads"] == 2
+    eager = bench.rows[0]
+    assert eager.speedup_vs_eager == {"batch_1": 1.0, "batch_16": 1.0} and eager.size_vs_eager == 1.0
+    for row in bench.rows:
+        assert set(row.latency) == {"batch_1", "batch_16"}
+        assert row.peak_rss_mb > 50 and row.model_memory_mb >= 0
+        ratio = eager.latency["batch_16"].median_ms / row.latency["batch_16"].median_ms
+        assert row.speedup_vs_eager["batch_16"] == pytest.approx(ratio)
+    assert bench.rows[2].device == "CPUExecutionProvider"
+    assert bench.settings.repeats == 3 and bench.settings.threads == 2
 
 
 def test_report_html_is_self_contained_with_plots(packed):

@@ -104,8 +104,7 @@ def _pack(tmp_path, monkeypatch, source: str, module: str, factory: str, **chang
 
 
 def _tables(manifest, target):
-    artifact = manifest["targets"][target]["artifacts"][0]
-    return {table["table"]: table for table in artifact["structure"].get("embedding_tables", [])}
+    return {table.table: table for table in manifest.targets[target].artifacts[0].embedding_tables}
 
 
 def test_shared_and_odd_width_tables_with_four_bit_in_every_target(tmp_path, monkeypatch):
@@ -113,16 +112,16 @@ def test_shared_and_odd_width_tables_with_four_bit_in_every_target(tmp_path, mon
     assert result.exit_code == EXIT_OK, [(t.name, t.error) for t in result.targets if t.error]
     manifest = result.manifest
     x86 = _tables(manifest, "x86")
-    assert x86["item.weight"]["lookups"] == 2 and x86["item.weight"]["bits"] == 4
-    assert x86["tags.weight"]["bits"] == 8  # 9 wide: 4-bit needs a power of two here
-    if "arm-tflite" in manifest["targets"]:
+    assert x86["item.weight"].lookups == 2 and x86["item.weight"].bits == 4
+    assert x86["tags.weight"].bits == 8  # 9 wide: 4-bit needs a power of two here
+    if "arm-tflite" in manifest.targets:
         tflite = _tables(manifest, "arm-tflite")
-        assert tflite["item.weight"]["lookups"] == 2 and tflite["item.weight"]["bits"] == 4
-        assert tflite["tags.weight"]["bits"] == 8
-    if "arm-xnnpack" in manifest["targets"]:
+        assert tflite["item.weight"].lookups == 2 and tflite["item.weight"].bits == 4
+        assert tflite["tags.weight"].bits == 8
+    if "arm-xnnpack" in manifest.targets:
         pte = _tables(manifest, "arm-xnnpack")
-        assert pte["item.weight"]["bits"] == 4 and pte["tags.weight"]["bits"] == 8
-        assert set(manifest["targets"]["arm-xnnpack"]["artifacts"][0]["structure"]["embedding_kernels"]) == {
+        assert pte["item.weight"].bits == 4 and pte["tags.weight"].bits == 8
+        assert set(manifest.targets["arm-xnnpack"].artifacts[0].structure["embedding_kernels"]) == {
             "quantized_decomposed.embedding_4bit.out", "quantized_decomposed.embedding_byte.out"}
 
 
@@ -131,13 +130,13 @@ def test_embedding_bag_model_packs_for_every_target(tmp_path, monkeypatch):
     assert result.exit_code == EXIT_OK, [(t.name, t.error) for t in result.targets if t.error]
     manifest = result.manifest
     assert any("tags: nn.EmbeddingBag(mode=mean, padding_idx=0)" in note
-               for note in manifest["source_model"]["rewrites_for_export"])
+               for note in manifest.source_model.rewrites_for_export)
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(tmp_path / "bundle" / "reference" / "model.fp32.onnx")).graph.node}
     assert "Loop" not in ops
-    x86 = manifest["targets"]["x86"]["artifacts"][0]
-    assert {table["table"] for table in x86["structure"]["embedding_tables"]} >= {"tags.weight", "item.weight"}
+    x86 = manifest.targets["x86"].artifacts[0]
+    assert {table.table for table in x86.embedding_tables} >= {"tags.weight", "item.weight"}
     for target in _targets():
-        for artifact in manifest["targets"][target]["artifacts"]:
-            assert artifact["passed"] and artifact["metrics"]["samples"] == 2000
+        for artifact in manifest.targets[target].artifacts:
+            assert artifact.passed and artifact.metrics["samples"] == 2000

@@ -33,29 +33,30 @@ def test_bundle_layout_and_checksums(packed):
 
 def test_manifest_records_what_an_app_developer_needs(packed):
     manifest = packed.manifest
-    assert manifest["schema_version"] == 2 and manifest["name"] == "digits" and manifest["task"] == "classification"
-    source = manifest["source_model"]
-    assert source["params"] > 100_000 and source["macs"] > source["params"] and source["size_bytes"] > 0
-    assert 0.9 < source["metrics"]["accuracy"] <= 1.0
-    artifact = manifest["targets"]["x86"]["artifacts"][0]
-    assert artifact["runtime"] == "onnxruntime" and artifact["runtime_version"]
-    assert artifact["io"]["inputs"][0]["shape"] == ["batch", 1, 28, 28]
-    assert artifact["io"]["outputs"][0]["quantization"]["dtype"] == "uint8"
-    assert set(artifact["latency"]) == {"batch_1", "batch_16"}
-    assert all(entry["median_ms"] > 0 for entry in artifact["latency"].values())
-    assert artifact["budget"]["min_top1_agreement"] == 0.98 and artifact["passed"] is True
-    assert {check["metric"] for check in artifact["drift"]} == {"accuracy_drop", "top1_agreement"}
-    calibration = manifest["calibration"]
-    assert calibration["method"]["name"] == "minmax" and calibration["samples_used"] == 256
-    assert len(calibration["sha256"]) == 64
-    assert {"torch", "onnx", "onnxruntime", "numpy"} <= set(manifest["toolchain"])
-    assert manifest["recipe"]["targets"] == ["x86"]
+    assert manifest.schema_version == 2 and manifest.name == "digits" and manifest.task == "classification"
+    source = manifest.source_model
+    assert source.params > 100_000 and source.macs > source.params and source.size_bytes > 0
+    assert 0.9 < source.metrics["accuracy"] <= 1.0
+    artifact = manifest.targets["x86"].artifacts[0]
+    assert artifact.runtime == "onnxruntime" and artifact.runtime_version
+    assert artifact.io.inputs[0].shape == ["batch", 1, 28, 28]
+    assert artifact.io.outputs[0].quantization.dtype == "uint8"
+    assert set(artifact.latency) == {"batch_1", "batch_16"}
+    assert all(entry.median_ms > 0 for entry in artifact.latency.values())
+    assert artifact.budget["min_top1_agreement"] == 0.98 and artifact.passed is True
+    assert {check.metric for check in artifact.drift} == {"accuracy_drop", "top1_agreement"}
+    calibration = manifest.calibration
+    assert calibration.method.name == "minmax" and calibration.samples_used == 256
+    assert len(calibration.sha256) == 64
+    assert {"torch", "onnx", "onnxruntime", "numpy"} <= set(manifest.toolchain)
+    assert manifest.recipe["targets"] == ["x86"]
+    assert json.loads((packed.bundle / "manifest.json").read_text()) == manifest.to_json_dict()
 
 
 def test_int8_artifact_is_smaller_and_drift_is_small(packed):
-    artifact = packed.manifest["targets"]["x86"]["artifacts"][0]
-    assert artifact["size_ratio_vs_fp32_onnx"] < 0.35
-    metrics = artifact["metrics"]
+    artifact = packed.manifest.targets["x86"].artifacts[0]
+    assert artifact.size_ratio_vs_fp32_onnx < 0.35
+    metrics = artifact.metrics
     assert metrics["top1_agreement"] >= 0.98 and abs(metrics["accuracy_drop"]) <= 1.0
     assert 0 < metrics["relative_l2"] < 0.1 and metrics["kl"] >= 0
 
@@ -66,10 +67,10 @@ def test_calibration_methods_give_different_valid_artifacts(trained_example, tmp
     calibration = base_recipe(trained_example, tmp_path)["calibration"] | {"method": method}
     result = pack_example(trained_example, tmp_path / "bundle", calibration=calibration)
     assert result.exit_code == EXIT_OK
-    artifact = result.manifest["targets"]["x86"]["artifacts"][0]
-    assert artifact["sha256"] != packed.manifest["targets"]["x86"]["artifacts"][0]["sha256"]
-    assert artifact["structure"]["calibration_method"]["name"] == method["name"]
-    assert artifact["metrics"]["top1_agreement"] >= 0.98
+    artifact = result.manifest.targets["x86"].artifacts[0]
+    assert artifact.sha256 != packed.manifest.targets["x86"].artifacts[0].sha256
+    assert artifact.structure["calibration_method"]["name"] == method["name"]
+    assert artifact.metrics["top1_agreement"] >= 0.98
 
 
 def test_drift_over_budget_fails_with_a_bundle_saying_so(trained_example, tmp_path):
@@ -93,8 +94,8 @@ def test_onnx_source_model_is_quantized_and_verified(packed, trained_example, tm
     model = {"onnx": str(packed.bundle / "reference" / "model.fp32.onnx")}
     result = pack_example(trained_example, tmp_path / "bundle", model=model)
     assert result.exit_code == EXIT_OK
-    assert result.manifest["source_model"]["kind"] == "onnx"
-    assert result.manifest["source_model"]["runtime"] == "onnxruntime fp32"
+    assert result.manifest.source_model.kind == "onnx"
+    assert result.manifest.source_model.runtime == "onnxruntime fp32"
     int8 = onnx.load(str(tmp_path / "bundle" / "x86" / "model.int8.onnx"))
     assert any(node.op_type == "QuantizeLinear" for node in int8.graph.node)
 
@@ -106,14 +107,14 @@ def test_pickled_module_loads_only_when_allowed(trained_example, tmp_path):
     pickled = tmp_path / "whole.pt"
     torch.save(load_model(recipe).module, pickled)
     result = pack_example(trained_example, tmp_path / "bundle", model={"pickle": str(pickled), "allow_pickle": True})
-    assert result.exit_code == EXIT_OK and result.manifest["source_model"]["kind"] == "pickle"
+    assert result.exit_code == EXIT_OK and result.manifest.source_model.kind == "pickle"
 
 
 def test_budget_none_measures_drift_without_a_verdict(trained_example, tmp_path):
     result = pack_example(trained_example, tmp_path / "bundle", budget="none")
     assert result.exit_code == EXIT_OK
-    artifact = result.manifest["targets"]["x86"]["artifacts"][0]
-    assert artifact["drift"] == [] and artifact["metrics"]["top1_agreement"] > 0.9
+    artifact = result.manifest.targets["x86"].artifacts[0]
+    assert artifact.drift == [] and artifact.metrics["top1_agreement"] > 0.9
     assert "not checked against any bound" in (tmp_path / "bundle" / "report.md").read_text()
 
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from edgepack.bundle.files import MANIFEST, check_checksums, read_manifest, sha256_file, staging, why_not_replaceable
-from edgepack.bundle.manifest import SCHEMA_VERSION
+from edgepack.bundle.files import MANIFEST, Bundle, check_checksums, sha256_file, staging, why_not_replaceable
+from edgepack.bundle.manifest import SCHEMA_VERSION, FileEntry, previous_schema_files
 from edgepack.errors import ConfigError, VerificationError
 
 
@@ -83,7 +83,7 @@ def test_staging_refuses_a_bundle_with_changed_or_extra_files(tmp_path, monkeypa
     destination = tmp_path / "bundle"
     destination.mkdir()
     manifest = make_bundle(destination)
-    monkeypatch.setattr("edgepack.bundle.files.open_manifest", lambda folder: _Valid(manifest))
+    monkeypatch.setattr("edgepack.bundle.files._load_manifest", lambda folder: _Listing(manifest))
     assert why_not_replaceable(destination) is None
     (destination / "notes.txt").write_text("mine")
     assert "holds files the bundle does not list (notes.txt)" in why_not_replaceable(destination)
@@ -98,14 +98,19 @@ def test_staging_refuses_a_bundle_with_changed_or_extra_files(tmp_path, monkeypa
     assert entries(destination) == ["new.onnx"]
 
 
-class _Valid:
-    """Stands in for a validated Manifest built from a checksum-only dict."""
+class _Listing:
+    """Stands in for a validated Manifest built from a checksum-only dict: only its files."""
 
     def __init__(self, manifest):
         self.manifest = manifest
 
-    def to_json_dict(self):
-        return self.manifest
+    def files(self):
+        return listed(self.manifest)
+
+
+def listed(manifest) -> list[FileEntry]:
+    """The files a checksum-only manifest dict lists."""
+    return previous_schema_files(manifest, (SCHEMA_VERSION,))
 
 
 def test_staging_refuses_a_file(tmp_path):
@@ -168,19 +173,19 @@ def make_bundle(folder):
 
 def test_checksums_pass_on_intact_bundle(tmp_path):
     manifest = make_bundle(tmp_path)
-    assert check_checksums(tmp_path, manifest) == []
+    assert check_checksums(tmp_path, listed(manifest)) == []
 
 
-def test_read_manifest_refuses_a_malformed_manifest_naming_the_field(tmp_path):
+def test_opening_refuses_a_malformed_manifest_naming_the_field(tmp_path):
     make_bundle(tmp_path)  # a checksum-only manifest: most required fields are missing
     with pytest.raises(VerificationError, match=r"malformed manifest: \w+: Field required \(and \d+ more problems\)"):
-        read_manifest(tmp_path)
+        Bundle.open(tmp_path)
 
 
 def test_checksums_detect_modified_file(tmp_path):
     manifest = make_bundle(tmp_path)
     (tmp_path / "x86" / "model.int8.onnx").write_bytes(b"INT8")  # same size, different bytes
-    problems = check_checksums(tmp_path, manifest)
+    problems = check_checksums(tmp_path, listed(manifest))
     assert problems == ["x86/model.int8.onnx: checksum mismatch (file changed since packing)"]
 
 
@@ -188,20 +193,20 @@ def test_checksums_detect_size_change_and_missing_file(tmp_path):
     manifest = make_bundle(tmp_path)
     (tmp_path / "reference" / "model.fp32.onnx").write_bytes(b"fp32 plus more")
     (tmp_path / "arm" / "model.tflite").unlink()
-    problems = check_checksums(tmp_path, manifest)
+    problems = check_checksums(tmp_path, listed(manifest))
     assert problems == ["reference/model.fp32.onnx: checksum mismatch (file changed since packing)",
                         "arm/model.tflite: missing"]
 
 
-def test_read_manifest_errors(tmp_path):
+def test_opening_errors(tmp_path):
     with pytest.raises(VerificationError, match="not an edgepack bundle"):
-        read_manifest(tmp_path)
+        Bundle.open(tmp_path)
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(VerificationError, match="unreadable manifest"):
-        read_manifest(tmp_path)
+        Bundle.open(tmp_path)
     write_json(tmp_path / MANIFEST, {"schema_version": 99})
     with pytest.raises(VerificationError, match="schema_version 99 is not supported"):
-        read_manifest(tmp_path)
+        Bundle.open(tmp_path)
 
 
 def test_leftover_retired_directory_does_not_break_replacement(tmp_path):

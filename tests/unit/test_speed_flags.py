@@ -8,19 +8,20 @@ import numpy as np
 
 from edgepack.evaluation.runners import FAKE_QUANT_DEVICE
 from edgepack.evaluation.speed_flags import explain, flag_slow_artifacts
-
-FAST = {"batch_1": {"median_ms": 0.1}, "batch_64": {"median_ms": 1.0}}
-SLOW = {"batch_1": {"median_ms": 0.5}, "batch_64": {"median_ms": 9.0}}
+from tests.unit.manifests import fixture_manifest
 
 
 def test_an_emulated_run_is_not_flagged_or_profiled(tmp_path):
-    artifact = {"path": "x86/missing.onnx", "format": "onnx", "latency": SLOW,
-                "validated_on": {"execution_provider": "CPUExecutionProvider" + FAKE_QUANT_DEVICE}}
-    manifest = {"source_model": {"reference_onnx_latency": FAST},
-                "targets": {"x86": {"artifacts": [artifact]}}}
-    flag_slow_artifacts(manifest, Path(tmp_path), {"x": np.zeros((4, 2), np.float32)}, threads=1,
+    manifest = fixture_manifest("image")
+    manifest.bench = None
+    slow = {key: figure.model_copy(update={"median_ms": figure.median_ms * 100})
+            for key, figure in manifest.source_model.reference_onnx_latency.items()}
+    artifact = manifest.targets["x86"].artifacts[0]
+    artifact.latency = slow
+    artifact.validated_on.execution_provider = "CPUExecutionProvider" + FAKE_QUANT_DEVICE
+    flag_slow_artifacts(manifest, Path(tmp_path), {"image": np.zeros((4, 1, 28, 28), np.float32)}, threads=1,
                         targets=frozenset({"x86"}))  # the file does not exist: profiling it would raise
-    assert "slower_than_fp32" not in artifact
+    assert artifact.slower_than_fp32 is None
 
 
 def test_explain_splits_kernel_time_by_kind():

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.errors import ExportError
 from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 from edgepack.targets.arm_tflite.flatbuffer import add_float_io
 from edgepack.targets.arm_tflite.runner import TfliteRunner, describe_tflite, runtime_info
 from edgepack.targets.arm_tflite.tables import quantize_tflite_tables
-from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
 
 class TfliteOptions(BaseModel):
@@ -76,7 +78,7 @@ class TfliteArmTarget(Target):
         import litert_torch
         from litert_torch.quantize import pt2e_quantizer, quant_config
 
-        options: TfliteOptions = context.options
+        options = cast(TfliteOptions, context.options)
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()
         config = with_activation_observer(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True),
@@ -121,6 +123,20 @@ class TfliteArmTarget(Target):
         return [Artifact(target=self.name, path=path, format="tflite",
                          precision="int8-float-io" if options.float_io else "int8-full-integer",
                          runtime=runtime_name, runtime_version=version, details=details)]
+
+    def summarize(self, artifact: ArtifactEntry) -> Summary:
+        """QUANTIZE/DEQUANTIZE ops, tensors by dtype, the tensors left float, the fixed batch, table lookups."""
+        structure = artifact.structure
+        ops = structure.get("op_counts", {})
+        inner = [entry for entry in structure.get("float_tensors", []) if entry["role"] not in ("input", "output")]
+        dtypes = ", ".join(f"{dtype} {count}" for dtype, count in structure.get("tensor_dtypes", {}).items())
+        facts = [("QUANTIZE / DEQUANTIZE ops", f"{ops.get('QUANTIZE', 0)} / {ops.get('DEQUANTIZE', 0)}"),
+                 ("tensors by dtype", dtypes or "—"),
+                 ("float tensors besides I/O", f"{len(inner)}, {sum(entry['bytes'] for entry in inner) / 1e3:.1f} kB"),
+                 ("batch", str(structure.get("batch", "—")))]
+        if "embedding_lookup" in structure:
+            facts.append(("embedding lookup", structure["embedding_lookup"]))
+        return [*basic_summary(artifact), *facts]
 
     def runner(self, path: Path, *, threads: int) -> "TfliteRunner":
         """LiteRT interpreter (ai-edge-litert, else tflite-runtime) with float I/O around int8 tensors."""

@@ -57,7 +57,7 @@ def quantize_embeddings(module, *, bits: int = 8):
     def eight_bit(child, name=""):
         return _is_table(child) and table_bits(child.weight.shape[1]) == 8
 
-    for dtype, chosen in ((torch.int4, four_bit), (torch.int8, eight_bit)):
+    for dtype, chosen in ((torch.int4, four_bit), (torch.int8, eight_bit)):  # type: ignore[attr-defined]
         if any(chosen(child) for child in copied.modules()):
             quantize_(copied, IntxWeightOnlyConfig(weight_dtype=dtype, granularity=PerAxis(0)), chosen)
     reports = []

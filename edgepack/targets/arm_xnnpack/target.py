@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.errors import ExportError, MissingDependencyError
 from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
-from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
 IO_METHOD = "edgepack_io"
 # Memory planning sizes buffers for the upper bound of the dynamic batch: keep it moderate.
@@ -94,6 +95,21 @@ class XnnpackArmTarget(Target):
         return [Artifact(target=self.name, path=path, format="pte", precision="int8-xnnpack",
                          runtime="executorch", runtime_version=importlib.metadata.version("executorch"),
                          details=details)]
+
+    def summarize(self, artifact: ArtifactEntry) -> Summary:
+        """What XNNPACK runs and what stays outside the delegate, the batch range, the table kernels."""
+        structure = artifact.structure
+        outside = structure.get("non_delegated_ops", {})
+        facts = [("delegated to XNNPACK", f"{structure.get('delegated_op_count', 0)} ops in "
+                                          f"{structure.get('delegated_subgraphs', 0)} subgraph(s)"),
+                 ("not delegated", f"{structure.get('non_delegated_op_count', 0)} ops"
+                                   + (": " + ", ".join(f"{op} {count}" for op, count in outside.items()) if outside
+                                      else "")),
+                 ("batch", str(structure.get("batch", "—")))]
+        if structure.get("embedding_kernels"):
+            facts.append(("embedding kernels", ", ".join(f"{kernel} {count}" for kernel, count
+                                                         in structure["embedding_kernels"].items())))
+        return [*basic_summary(artifact), *facts]
 
     def runner(self, path: Path, *, threads: int) -> "PteRunner":
         """executorch.runtime with the XNNPACK backend compiled into its Python bindings."""

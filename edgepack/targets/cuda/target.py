@@ -9,15 +9,17 @@ provider it was measured on; no GPU figure is reported unless it was measured on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import onnx
 from pydantic import BaseModel, ConfigDict
 
+from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.evaluation.runners import OrtRunner
 from edgepack.model.onnx_export import strip_debug_info
-from edgepack.model.onnx_inspect import describe_onnx
+from edgepack.model.onnx_inspect import describe_onnx, onnx_summary
 from edgepack.quantization.ort_qdq import QdqSettings, quantize_qdq
-from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU_NOTE = "validated on CPU (CPUExecutionProvider); fp16 numerics approximated, latency is CPU latency"
@@ -49,7 +51,7 @@ class CudaTarget(Target):
         import onnxruntime
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        options = context.options
+        options = cast(CudaOptions, context.options)
         validation = self._validation_note()
         fp16_path = context.out_dir / "model.fp16.onnx"
         fp16 = convert_float_to_float16(onnx.load(str(context.float_onnx)), keep_io_types=options.keep_io_types)
@@ -77,6 +79,14 @@ class CudaTarget(Target):
                        intended_providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
         return Artifact(target=self.name, path=path, format="onnx", precision=precision, runtime="onnxruntime",
                         runtime_version=version, details=details)
+
+    def summarize(self, artifact: ArtifactEntry) -> Summary:
+        """ONNX facts (opset, Q/DQ nodes, weights by dtype) and the providers the artifact is meant for."""
+        structure = artifact.structure
+        kept = [("float32 I/O kept", "yes" if structure["keep_io_types"] else "no")] if "keep_io_types" in structure \
+            else []
+        return [*basic_summary(artifact), *onnx_summary(structure), *kept,
+                ("intended providers", ", ".join(structure.get("intended_providers", [])) or "—")]
 
     @staticmethod
     def _validation_note() -> str:

@@ -64,7 +64,7 @@ def measure_scheme(scheme: str, path: Path, reference: np.ndarray, samples: Samp
     agreement = None
     if reference.ndim == 2 and reference.shape[1] > 1:
         agreement = float((outputs.argmax(axis=1) == reference.argmax(axis=1)).mean())
-    latency = measure(runner, make_batch(samples.arrays, LATENCY_BATCH), warmup=3, repeats=20)["median_ms"]
+    latency = measure(runner, make_batch(samples.arrays, LATENCY_BATCH), warmup=3, repeats=20).median_ms
     return SchemeMeasurement(scheme=scheme, relative_l2=error, top1_agreement=agreement, median_ms=latency, path=path)
 
 

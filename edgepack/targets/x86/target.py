@@ -13,19 +13,20 @@ Option `isa`:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.errors import ExportError
 from edgepack.evaluation.runners import OrtRunner
 from edgepack.isa import INT32_DOT_PRODUCT, host_isa
 from edgepack.model.onnx_export import strip_debug_info
-from edgepack.model.onnx_inspect import describe_onnx
+from edgepack.model.onnx_inspect import describe_onnx, onnx_summary
 from edgepack.quantization.ort_qdq import QdqSettings, quantize_qdq
 from edgepack.quantization.saturation import data_check, integer_layers, summarize, weight_bound
-from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 from edgepack.targets.x86.portable import SCHEMES, portable_int8, scheme_settings
 
 REQUIRES_KEY = "edgepack.requires_isa"
@@ -33,6 +34,7 @@ VNNI_REQUIREMENT = sorted(INT32_DOT_PRODUCT)
 PORTABLE_ARITHMETIC = "integer kernels; no int16 pair sum can saturate, so every x86 CPU computes the same"
 VNNI_ARITHMETIC = "integer kernels with int32 dot products (VNNI/AMX)"
 VNNI_EMULATION = "fake-quant (QDQ unfused, float between Q/DQ): emulates VNNI int32 accumulation on a host without VNNI"
+LISTED_NODES = 6  # float nodes named in the report; the rest are counted
 
 
 class X86Options(BaseModel):
@@ -107,7 +109,8 @@ class X86Target(Target):
 
     def _isa_section(self, context: ExportContext, quantize, path: Path) -> dict:
         """Quantize into `path` with the weights the `isa` option calls for; describe the choice."""
-        option = context.options.isa
+        options = cast(X86Options, context.options)
+        option = options.isa
         if option == "vnni":
             quantize("int8", path)
             return {"option": option, "weights": "int8", "description": "full 8-bit int8 weights; U8S8 kernels",
@@ -119,7 +122,7 @@ class X86Target(Target):
             return {"option": option, "weights": "int8", "description": "int8 activations and weights; S8S8 kernels",
                     "requires_isa": [],
                     "reason": "int8 activations: onnxruntime's S8S8 kernels accumulate in int32 on every x86 CPU"}
-        pinned = context.options.portable_weights
+        pinned = options.portable_weights
         if pinned != "auto":
             quantize(pinned, path)
             return {"option": option, "weights": pinned, "description": SCHEMES[pinned], "requires_isa": [],
@@ -130,6 +133,15 @@ class X86Target(Target):
         return {"option": option, "weights": chosen.scheme, "description": SCHEMES[chosen.scheme],
                 "requires_isa": [], "reason": reason, "candidates": [item.to_dict() for item in measurements],
                 "measured_on": host_isa().line()}
+
+    def summarize(self, artifact: ArtifactEntry) -> Summary:
+        """ONNX facts (opset, Q/DQ nodes, weights by dtype), the weight scheme and the nodes kept float."""
+        nodes = artifact.structure.get("float_nodes", [])
+        kept = f"{len(nodes)}: {', '.join(nodes[:LISTED_NODES])}{', ...' if len(nodes) > LISTED_NODES else ''}"
+        isa = artifact.isa
+        return [*basic_summary(artifact), *onnx_summary(artifact.structure),
+                *([("weight scheme", isa.weights)] if isa is not None else []),
+                ("nodes kept float", kept if nodes else "none")]
 
     def runner(self, path: Path, *, threads: int) -> OrtRunner:
         """onnxruntime CPU session; an artifact that needs VNNI runs as fake-quant on a host without it."""
