@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from edgepack.benchmark.bench import EAGER, ONNX_FP32
-from edgepack.bundle.manifest import BenchRow, Manifest
+from edgepack.bundle.manifest import Manifest
+from edgepack.bundle.sections import BenchRow
 from edgepack.pipeline import pack
 from edgepack.recipe.load import load_recipe
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from edgepack.benchmark.bench import EAGER, BenchSettings, bench_bundle
 from edgepack.bundle.build import machine_facts
 from edgepack.bundle.files import Bundle
-from edgepack.bundle.manifest import BenchFigures, BenchRow
+from edgepack.bundle.manifest import BenchFigures
+from edgepack.bundle.sections import BenchRow
 from edgepack.isa import host_isa
 from edgepack.pipeline import pack
 from edgepack.recipe.load import load_recipe

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from pydantic import BaseModel
@@ -15,32 +15,39 @@ from pydantic import BaseModel
 from edgepack.benchmark.bench import BenchSettings, bench_bundle
 from edgepack.bundle.build import build_manifest
 from edgepack.bundle.documents import write_bundle_documents
+from edgepack.bundle.entries import FileEntry, Latency, Status
 from edgepack.bundle.files import Bundle, sha256_file, staging
 from edgepack.bundle.manifest import (
-    FileEntry,
-    Latency,
+    ActivationCoverageEntry,
     LibraryLog,
     Manifest,
     PruningSection,
     ReferenceEntry,
     SourceModel,
-    Status,
     ValidatedOn,
 )
+from edgepack.bundle.signing import fingerprint, sign_bundle
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.capture import LOG_NAME
 from edgepack.compression.compress import CompressionResult, compress, compression_manifest, save_compressed
-from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError
+from edgepack.device.golden import artifact_inputs, copy_device_script, write_golden
+from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError, describe
 from edgepack.evaluation import tasks
 from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.latency import measure_batches
 from edgepack.evaluation.runners import OrtRunner, Runner, TorchRunner
-from edgepack.evaluation.sanity import calibration_warnings, float_model_warnings
+from edgepack.evaluation.sanity import (
+    activation_coverage,
+    calibration_warnings,
+    float_model_warnings,
+    input_scale_warnings,
+)
 from edgepack.evaluation.speed_flags import flag_slow_artifacts
 from edgepack.isa import host_isa
 from edgepack.model.bag_rewrite import rewrite_embedding_bags
-from edgepack.model.load import LoadedModel, count_params_and_macs, load_model
+from edgepack.model.load import LoadedModel, load_model
 from edgepack.model.onnx_export import check_against_torch, export_float_onnx
+from edgepack.model.tensors import as_tensors, count_macs_and_params
 from edgepack.progress import Progress, SilentProgress
 from edgepack.recipe.schema import Recipe
 from edgepack.registry import get_target
@@ -62,6 +69,7 @@ class ArtifactResult:
     drift: DriftReport
     latency: Latency
     validated_on: ValidatedOn
+    golden: tuple[FileEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class PackResult:
     manifest: Manifest
     targets: tuple[TargetResult, ...]
     warnings: tuple[str, ...] = field(default=())
+    signed_by: Optional[str] = None  # fingerprint of the key that signed the manifest
 
     @property
     def exit_code(self) -> int:
@@ -120,19 +129,21 @@ def load_data(recipe: Recipe) -> tuple[SampleSet, SampleSet]:
 
 
 def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool = True,
-         log_path: Optional[Path] = None, force: bool = False) -> PackResult:
+         log_path: Optional[Path] = None, force: bool = False, sign_key: Any = None) -> PackResult:
     """Validate everything, build and verify every target's artifacts, and write the bundle.
 
     With `bench`, every artifact and the float baselines are also timed in fresh processes
     (`edgepack bench`) and the figures go into the manifest and reports. `log_path`, the file the
     libraries' own output was sent to, is copied into the bundle as pack.log. An existing output folder
-    is replaced only when it is an intact edgepack bundle, or with `force`."""
+    is replaced only when it is an intact edgepack bundle, or with `force`. With `sign_key` (an ed25519
+    private key, edgepack.bundle.signing), the finished manifest is signed."""
     if recipe.output is None:
         raise ConfigError(f"recipe '{recipe.name}': no output folder (load_recipe resolves one)")
     targets = resolve_targets(recipe)
     with progress.step("reading calibration and evaluation data"):
         calibration, evaluation = load_data(recipe)
-    warnings = [*calibration.warnings, *evaluation.warnings, *calibration_warnings(calibration, evaluation)]
+    warnings = [*calibration.warnings, *evaluation.warnings, *calibration_warnings(calibration, evaluation),
+                *input_scale_warnings(evaluation)]
     for warning in warnings:
         progress.warn(warning)
     with progress.step("loading the float model"):
@@ -150,7 +161,10 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path)
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(original, recipe, evaluation, reference_path)
-        for warning in float_model_warnings(recipe.task, source.metrics, evaluation):
+        coverage = (activation_coverage(original.module, calibration, evaluation, recipe.input_names)
+                    if original.module is not None else None)
+        for warning in [*float_model_warnings(recipe.task, source.metrics, evaluation),
+                        *(coverage.warnings() if coverage is not None else [])]:
             progress.warn(warning)
             warnings.append(warning)
         if rewrites:
@@ -169,6 +183,11 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
                                          max_abs_difference_vs_torch=export_difference)
         manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
                                   calibration=calibration, evaluation=evaluation, warnings=warnings, pruning=pruning)
+        if coverage is not None:
+            manifest.activation_coverage = ActivationCoverageEntry(**coverage.as_dict())
+        if any(item.golden for _, item in manifest.artifacts()):
+            script = copy_device_script(stage)
+            manifest.device_script = _file_entry(script, stage)
         if bench:
             manifest.bench = bench_bundle(Bundle(folder=stage, manifest=manifest, recipe=recipe),
                                           BenchSettings.from_latency(recipe.latency), progress=progress)
@@ -180,8 +199,10 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
                                               "pack (warnings, converter progress, runtime info); --verbose shows it "
                                               "live")
         write_bundle_documents(stage, manifest)
+        if sign_key is not None:
+            sign_bundle(stage, sign_key)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results),
-                      warnings=tuple(warnings))
+                      warnings=tuple(warnings), signed_by=fingerprint(sign_key.public_key()) if sign_key else None)
 
 
 def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None,
@@ -250,7 +271,8 @@ def _measure_source(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet,
                          latency=latency,
                          reference_onnx_latency=measure_batches(reference_runner, evaluation.arrays, recipe.latency))
     if loaded.module is not None:
-        source.params, source.macs = count_params_and_macs(loaded.module, evaluation.arrays, recipe.input_names)
+        one_sample = as_tensors({name: evaluation.arrays[name][:1] for name in recipe.input_names}, recipe.input_names)
+        source.macs, source.params = count_macs_and_params(loaded.module, one_sample)
         source.size_bytes = sum(t.numel() * t.element_size() for t in loaded.module.state_dict().values())
     return source, outputs
 
@@ -276,8 +298,7 @@ def _pruned_outputs(compressed: CompressionResult, recipe: Recipe, evaluation: S
     }
     section = PruningSection.model_validate(compression_manifest(compressed, latency=latency,
                                                                  reload_difference=reload_difference))
-    section.files = [FileEntry(path=f"{PRUNED_DIR}/{path.name}", sha256=sha256_file(path),
-                               size_bytes=path.stat().st_size) for path in (program, onnx_path)]
+    section.files = [_file_entry(path, stage) for path in (program, onnx_path)]
     return section
 
 
@@ -308,17 +329,35 @@ def _run_target(target: Target, options, recipe: Recipe, module, float_onnx: Pat
         for artifact in artifacts:
             with progress.step(f"{target.name}: verifying {artifact.path.name} on {evaluation.num_samples} samples"):
                 runner = target.runner(artifact.path, threads=recipe.latency.threads)
-                metrics = tasks.drift_metrics(recipe.task, reference_outputs, collect_outputs(runner, evaluation),
-                                              evaluation, recipe.evaluation)
+                outputs = collect_outputs(runner, evaluation)
+                task = tasks.kind(recipe.task)
+                metrics = task.drift_metrics(reference_outputs, outputs, evaluation, recipe.evaluation)
                 drift = check_budget(metrics, recipe.budget.model_dump())
                 latency = measure_batches(runner, evaluation.arrays, recipe.latency)
+                golden = _golden_files(artifact, recipe, evaluation, outputs, reference_outputs, stage)
             results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),
                                           sha256=sha256_file(artifact.path), size_bytes=artifact.path.stat().st_size,
-                                          drift=drift, latency=latency, validated_on=validated_on(artifact, runner)))
+                                          drift=drift, latency=latency, validated_on=validated_on(artifact, runner),
+                                          golden=golden))
         return TargetResult(name=target.name, artifacts=tuple(results))
     except EdgepackError as exc:
         progress.warn(f"target '{target.name}' failed: {exc}")
         return TargetResult(name=target.name, error=str(exc))
     except Exception as exc:  # one broken target must not hide the others' results
-        progress.warn(f"target '{target.name}' failed: {type(exc).__name__}: {exc}")
-        return TargetResult(name=target.name, error=f"{type(exc).__name__}: {exc}")
+        progress.warn(f"target '{target.name}' failed: {describe(exc)}")
+        return TargetResult(name=target.name, error=describe(exc))
+
+
+def _file_entry(path: Path, stage: Path) -> FileEntry:
+    return FileEntry(path=str(path.relative_to(stage)), sha256=sha256_file(path), size_bytes=path.stat().st_size)
+
+
+def _golden_files(artifact: Artifact, recipe: Recipe, evaluation: SampleSet, outputs: np.ndarray,
+                  reference_outputs: np.ndarray, stage: Path) -> tuple[FileEntry, ...]:
+    """Golden inputs and outputs from the evaluation data, beside the artifact, for verify_on_device.py."""
+    io = {"inputs": artifact.details["inputs"], "outputs": artifact.details["outputs"]}
+    paths = write_golden(artifact.path, target=artifact.target, task=recipe.task, io=io,
+                         inputs=artifact_inputs(evaluation.arrays, io["inputs"]), artifact_outputs=outputs,
+                         reference_outputs=reference_outputs, labels=evaluation.labels,
+                         budget=recipe.budget.model_dump())
+    return tuple(_file_entry(path, stage) for path in paths)

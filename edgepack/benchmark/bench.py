@@ -15,9 +15,11 @@ import numpy as np
 from edgepack.benchmark.worker import BenchJob, run
 from edgepack.bundle.documents import write_bundle_documents
 from edgepack.bundle.files import Bundle
-from edgepack.bundle.manifest import BenchFigures, BenchRow, BenchSettingsEntry
+from edgepack.bundle.manifest import BenchFigures
+from edgepack.bundle.sections import BenchRow, BenchSettingsEntry
+from edgepack.bundle.signing import SIGNATURE
 from edgepack.calibration.dataset import load_sample_set
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, describe
 from edgepack.evaluation.latency import make_batch
 from edgepack.progress import Progress, SilentProgress
 from edgepack.recipe.schema import DataSource, LatencyConfig
@@ -96,7 +98,7 @@ def bench_bundle(bundle: Bundle, settings: BenchSettings = BenchSettings(), *, d
             except EdgepackError:
                 raise
             except Exception as exc:
-                raise EdgepackError(f"bench of {name} failed: {type(exc).__name__}: {exc}") from exc
+                raise EdgepackError(f"bench of {name} failed: {describe(exc)}") from exc
         rows.append(BenchRow(name=name, group=group, size_bytes=sizes.get(name), latency=measured.latency,
                              device=measured.device, steady_allocator=measured.steady_allocator,
                              peak_rss_mb=measured.peak_rss_mb, model_memory_mb=measured.model_memory_mb))
@@ -126,11 +128,17 @@ def add_ratios(rows: list[BenchRow], *, eager: Optional[BenchRow]) -> None:
 
 def bench_bundle_and_record(bundle_path: Path, settings: BenchSettings, *, data: Optional[Path] = None,
                             progress: Progress = SilentProgress(), json_path: Optional[Path] = None) -> BenchFigures:
-    """Benchmark a bundle, write the figures into its manifest and reports, and optionally to a JSON file."""
+    """Benchmark a bundle, write the figures into its manifest and reports, and optionally to a JSON file.
+    A signature no longer matches the rewritten manifest: it is removed, with a warning saying how to re-sign."""
     bundle = Bundle.open(Path(bundle_path))
     figures = bench_bundle(bundle, settings, data=data, progress=progress)
     bundle.manifest.bench = figures
     write_bundle_documents(bundle.folder, bundle.manifest)
+    signature = bundle.folder / SIGNATURE
+    if signature.exists():
+        signature.unlink()
+        progress.warn(f"the bench figures changed {bundle.folder / 'manifest.json'}, so its signature no longer "
+                      f"matched and was removed: re-sign with `edgepack sign {bundle.folder} --key KEY`")
     if json_path is not None:
         Path(json_path).write_text(json.dumps(figures.to_json_dict(), indent=2) + "\n")
     return figures

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 
-from edgepack.bundle.manifest import Latency
+from edgepack.bundle.entries import Latency
 
 if TYPE_CHECKING:
     from edgepack.evaluation.runners import Runner

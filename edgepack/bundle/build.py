@@ -9,10 +9,10 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from edgepack import __version__
+from edgepack.bundle.entries import Bound
 from edgepack.bundle.manifest import (
     SCHEMA_VERSION,
     ArtifactEntry,
-    Bound,
     CalibrationEntry,
     DriftCheckEntry,
     EvaluationEntry,
@@ -74,7 +74,8 @@ def _artifact_entry(result: ArtifactResult, reference_size: int, budget: dict[st
         metrics=dict(result.drift.metrics),
         drift=[DriftCheckEntry(metric=check.metric, value=check.value, limit=check.limit,
                                bound=cast(Bound, check.bound), passed=check.passed) for check in result.drift.checks],
-        budget=budget, passed=result.drift.passed, latency=result.latency, validated_on=result.validated_on)
+        budget=budget, passed=result.drift.passed, latency=result.latency, validated_on=result.validated_on,
+        golden=list(result.golden))
 
 
 def build_manifest(recipe: Recipe, *, source: SourceModel, reference: ReferenceEntry,

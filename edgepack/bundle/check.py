@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from edgepack.bundle.entries import Number
 from edgepack.bundle.files import Bundle, check_checksums, unlisted_files
-from edgepack.bundle.manifest import Manifest, Number
+from edgepack.bundle.manifest import Manifest
+from edgepack.bundle.signing import SignatureCheck, check_signature
 from edgepack.calibration.dataset import load_sample_set
-from edgepack.errors import EXIT_DRIFT, EXIT_OK, VerificationError
+from edgepack.device.report import DeviceReport, read_device_report
+from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, VerificationError
 from edgepack.evaluation import tasks
 from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.runners import OrtRunner
@@ -35,19 +38,29 @@ class BundleCheck:
     warnings: tuple[str, ...] = ()
     recorded_failures: tuple[str, ...] = ()  # targets the manifest itself records as failed or in error
     same_data: bool = False  # the data is the evaluation set the bundle was packed with (same sha256)
+    signature: Optional[SignatureCheck] = None
+    device: Optional[DeviceReport] = None  # what verify_on_device.py reported from a device
 
     @property
     def exit_code(self) -> int:
-        """0 when every artifact is within budget and the recorded verdict passed, EXIT_DRIFT otherwise."""
+        """0 when every artifact is within budget, the recorded verdict passed and the device report (if
+        any) passed; EXIT_ERROR when the device report records an error; EXIT_DRIFT otherwise."""
+        device = self.device.verdict_exit_code if self.device is not None else EXIT_OK
+        if device == EXIT_ERROR:
+            return EXIT_ERROR
         passed = all(report.passed for report in self.reports.values()) and not self.recorded_failures
-        return EXIT_OK if passed else EXIT_DRIFT
+        return EXIT_OK if passed and device == EXIT_OK else EXIT_DRIFT
 
 
-def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, threads: int = 2,
-                  budget: Optional[Budget] = None) -> BundleCheck:
-    """Check every checksum and that no file was added, then run the reference and each artifact on
-    `data` and compare with the budget (`budget`, else the manifest's, with a warning). On the data the
-    bundle was packed with, re-measured metrics must equal the recorded ones (within tolerance)."""
+def verify_bundle(bundle: Path, data: Optional[Path], *, labels: Optional[str] = None, threads: int = 2,
+                  budget: Optional[Budget] = None, key: Optional[Path] = None,
+                  device_report: Optional[Path] = None) -> BundleCheck:
+    """Check the signature (against `key`, when given), every checksum and that no file was added; then
+    run the reference and each artifact on `data` and compare with the budget (`budget`, else the
+    manifest's, with a warning). On the data the bundle was packed with, re-measured metrics must equal
+    the recorded ones (within tolerance). `device_report` is the --json output of verify_on_device.py
+    run on a device; its files must be this bundle's."""
+    signature = check_signature(Path(bundle), key)
     opened = Bundle.open(Path(bundle))
     bundle, manifest = opened.folder, opened.manifest
     files = manifest.files()
@@ -55,6 +68,11 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
                                                  for name in unlisted_files(bundle, files)]
     if problems:
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
+    device = (read_device_report(device_report, {entry.path: entry.sha256 for entry in files})
+              if device_report is not None else None)
+    if data is None:
+        return BundleCheck(bundle=bundle, samples=0, reports={}, signature=signature, device=device,
+                           recorded_failures=_recorded_failures(manifest))
     _check_host_isa(manifest)
     misfit = budget.problems_for(manifest.task) if budget is not None else []
     if misfit:
@@ -80,10 +98,14 @@ def verify_bundle(bundle: Path, data: Path, *, labels: Optional[str] = None, thr
                 _compare_with_recorded(artifact.path, metrics, artifact.metrics)
             bounds = budget.model_dump() if budget is not None else artifact.budget
             reports[artifact.path] = check_budget(metrics, bounds)
-    recorded = tuple(f"{name}: {entry.status}" + (f" ({entry.error})" if entry.error else "")
-                     for name, entry in manifest.targets.items() if entry.status != "passed")
     return BundleCheck(bundle=bundle, samples=evaluation.num_samples, reports=reports, warnings=tuple(warnings),
-                       recorded_failures=recorded, same_data=same_data)
+                       recorded_failures=_recorded_failures(manifest), same_data=same_data, signature=signature,
+                       device=device)
+
+
+def _recorded_failures(manifest: Manifest) -> tuple[str, ...]:
+    return tuple(f"{name}: {entry.status}" + (f" ({entry.error})" if entry.error else "")
+                 for name, entry in manifest.targets.items() if entry.status != "passed")
 
 
 def _compare_with_recorded(path: str, measured: dict[str, float], recorded: dict[str, Optional[Number]]) -> None:

@@ -17,7 +17,9 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from pydantic import ValidationError
 
-from edgepack.bundle.manifest import SCHEMA_VERSION, FileEntry, Manifest, previous_schema_files
+from edgepack.bundle.entries import FileEntry
+from edgepack.bundle.manifest import READABLE_SCHEMAS, Manifest, previous_schema_files
+from edgepack.bundle.signing import SIGNATURE
 from edgepack.capture import LOG_NAME
 from edgepack.errors import ConfigError, VerificationError
 from edgepack.recipe.load import parse_recipe
@@ -119,7 +121,7 @@ def clean_stale(destination: Path) -> list[str]:
     return removed
 
 
-BUNDLE_DOCUMENTS = frozenset({MANIFEST, REPORT, REPORT_HTML, LOG_NAME})
+BUNDLE_DOCUMENTS = frozenset({MANIFEST, REPORT, REPORT_HTML, LOG_NAME, SIGNATURE})
 
 
 def unlisted_files(folder: Path, files: Iterable[FileEntry]) -> list[str]:
@@ -173,9 +175,9 @@ def _load_manifest(bundle: Path) -> Manifest:
     except (OSError, json.JSONDecodeError) as exc:
         raise VerificationError(f"{path}: unreadable manifest: {exc}") from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         raise VerificationError(f"{path}: schema_version {version!r} is not supported "
-                                f"(this edgepack reads {SCHEMA_VERSION}; re-pack the bundle)")
+                                f"(this edgepack reads {', '.join(map(str, READABLE_SCHEMAS))}; re-pack the bundle)")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:

@@ -2,8 +2,9 @@
 
 A bundle's manifest.json is these models dumped to JSON. `Bundle.open` (edgepack.bundle.files) reads it
 back through `Manifest.model_validate`, so a manifest with a missing field, a wrong type or an
-unknown key is refused with the field's path. This is the one module that knows the JSON's keys:
-everything else reads attributes. `structure` holds each target's own facts (op counts, tables, ...);
+unknown key is refused with the field's path. This module, with its building blocks (entries.py) and
+the optional stages' sections (sections.py), is the only code that knows the JSON's keys: everything
+else reads attributes. `structure` holds each target's own facts (op counts, tables, ...);
 the few of them that shared code shows (embedding tables, the x86 `isa` choice, a validation caveat)
 are validated here and read through typed accessors.
 """
@@ -12,41 +13,22 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from edgepack.bundle.entries import (
+    Bound,
+    FileEntry,
+    Latency,
+    Number,
+    Status,
+    Timing,
+    _Strict,
+)
+from edgepack.bundle.sections import BenchFigures, PruningSection
 from edgepack.calibration.methods import CalibrationMethod
 
-SCHEMA_VERSION: Final = 2
-Number = float | int
-Bound = Literal["max", "min"]
-Status = Literal["passed", "failed", "error"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict: the fields that were set, as they were given."""
-        return self.model_dump(exclude_unset=True, by_alias=True)
-
-
-class LatencyFigure(_Strict):
-    """Median and 90th percentile of timed runs at one batch size."""
-
-    median_ms: float
-    p90_ms: float
-    repeats: int
-    warmup: int
-    device: Optional[str] = None
-    padded: Optional[str] = None
-
-
-Latency = dict[str, LatencyFigure]  # "batch_1", "batch_64", ...
-
-
-def batch_of(key: str) -> int:
-    """The batch size of a latency key ("batch_64" -> 64)."""
-    return int(key.removeprefix("batch_"))
+SCHEMA_VERSION: Final = 3
+READABLE_SCHEMAS: Final = (2, 3)  # schema 3 added golden files, the device script and activation coverage
 
 
 class ValidatedOn(_Strict):
@@ -115,14 +97,6 @@ class SlowerThanFp32(_Strict):
     fp32_onnx_ms: float
     batches: list[int]
     reason: str
-
-
-class FileEntry(_Strict):
-    """A file of the bundle with its checksum."""
-
-    path: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size_bytes: int = Field(ge=0)
 
 
 class ReferenceEntry(FileEntry):
@@ -199,6 +173,7 @@ class ArtifactEntry(FileEntry):
     latency: Latency
     validated_on: ValidatedOn
     slower_than_fp32: Optional[SlowerThanFp32] = None
+    golden: list[FileEntry] = []  # golden inputs/outputs for verify_on_device.py, beside the artifact
 
     @field_validator("structure")
     @classmethod
@@ -277,15 +252,6 @@ class MachineFacts(_Strict):
     isa: list[str]
 
 
-class Timing(_Strict):
-    """The larger batch size (batch 1 is always timed), warm-up and timed runs, threads."""
-
-    batch_size: int
-    warmup: int
-    repeats: int
-    threads: int
-
-
 class LatencySettings(Timing):
     """How in-process latency was measured, and on which machine."""
 
@@ -300,130 +266,20 @@ class LibraryLog(_Strict):
     note: str
 
 
-class BeforeAfter(_Strict):
-    """A count before and after compression."""
+class ActivationCoverageEntry(_Strict):
+    """Share of evaluation activations of the float model outside the ranges seen on calibration data."""
 
-    before: int
-    after: int
-
-
-class MacCounts(BeforeAfter):
-    """MACs per sample before and after, and the fraction removed."""
-
-    removed_fraction: float
-
-
-class LowRankLayer(_Strict):
-    """One Linear layer considered for truncated-SVD factorization."""
-
-    layer: str
-    in_features: int = Field(alias="in")
-    out: int
-    rank: int
-    energy: float
-    params_before: int
-    params_after: int
-    factorized: bool
-
-
-class LatencyChange(_Strict):
-    """Latency of one runtime before and after compression."""
-
-    before: Latency
-    after: Latency
-
-
-class GroupCheck(_Strict):
-    """The self-check of one pruned layer group: outputs unchanged when its channels were zeroed."""
-
-    step: int
-    group: str
-    channels: int
-    max_relative_difference: float
-    checked: bool
-
-
-class DistillEpoch(_Strict):
-    """One distillation epoch."""
-
-    epoch: int
-    loss: float
-    validation: float
-    validation_kl: float
-
-
-class Distillation(_Strict):
-    """What the recovery training did and which epoch it kept."""
-
-    epochs_run: int
-    best_epoch: int
-    best_validation: float
-    validation_metric: str
-    selected_by: str
-    stopped: str
-    seconds: float
-    history: list[DistillEpoch]
-
-
-class PruningSection(_Strict):
-    """Pruning, low-rank factorization and distillation: sizes, latency and quality before and after."""
-
-    params: BeforeAfter
-    macs: MacCounts
-    size_bytes: BeforeAfter
-    lowrank: list[LowRankLayer]
-    accuracy: dict[str, float]  # the quality metric per stage: float, pruned (or compressed), distilled
-    quality_metric: str
-    layers: dict[str, BeforeAfter]
-    self_check: list[GroupCheck]
-    notes: list[str]
-    latency: dict[str, LatencyChange]  # "torch_eager_fp32", "onnxruntime_fp32"
-    reload_max_abs_difference: float
-    summary: str
-    distillation: Optional[Distillation] = None
-    files: list[FileEntry] = []
-
-
-class BenchSettingsEntry(Timing):
-    """How the benchmark timed its entries (the in-process figures of `pack` carry no memory note)."""
-
-    batch_sizes: Optional[list[int]] = None
-    data: str
-    isolation: str
-    memory: Optional[str] = None
-
-
-class BenchRow(_Strict):
-    """One timed entry (a float baseline or an artifact) with its ratios against the baselines."""
-
-    name: str
-    group: Optional[str] = None
-    size_bytes: Optional[int] = None
-    latency: Latency
-    device: str
-    steady_allocator: Optional[bool] = None
-    peak_rss_mb: Optional[float] = None
-    model_memory_mb: Optional[float] = None
-    speedup_vs_onnx_fp32: Optional[dict[str, float]] = None
-    speedup_vs_eager: Optional[dict[str, float]] = None
-    size_vs_eager: Optional[float] = None
-
-
-class BenchFigures(_Strict):
-    """`edgepack bench`: every entry timed in its own process."""
-
-    settings: BenchSettingsEntry
-    rows: list[BenchRow]
-
-    def row(self, name: str) -> Optional[BenchRow]:
-        """The row called `name`, if it was timed."""
-        return next((row for row in self.rows if row.name == name), None)
+    share_outside: float
+    worst_layer: str
+    worst_share: float
+    layers: int
+    samples: int
 
 
 class Manifest(_Strict):
     """Everything measured in one run, the toolchain, and the resolved recipe."""
 
-    schema_version: Literal[2]
+    schema_version: Literal[2, 3]
     name: str
     task: str
     created_utc: str
@@ -441,15 +297,20 @@ class Manifest(_Strict):
     pruning: Optional[PruningSection] = None
     bench: Optional[BenchFigures] = None
     library_log: Optional[LibraryLog] = None
+    activation_coverage: Optional[ActivationCoverageEntry] = None
+    device_script: Optional[FileEntry] = None  # verify_on_device.py: numpy + one runtime, no edgepack
 
     def artifacts(self) -> list[tuple[str, ArtifactEntry]]:
         """(target name, artifact) for every artifact."""
         return [(name, item) for name, target in self.targets.items() for item in target.artifacts]
 
     def files(self) -> list[FileEntry]:
-        """Every file the manifest vouches for: reference, pruned model files, artifacts."""
+        """Every file the manifest vouches for: reference, pruned model files, artifacts, golden files, script."""
         pruned = self.pruning.files if self.pruning is not None else []
-        return [self.reference, *pruned, *(item for _, item in self.artifacts())]
+        artifacts = [item for _, item in self.artifacts()]
+        golden = [entry for item in artifacts for entry in item.golden]
+        script = [self.device_script] if self.device_script is not None else []
+        return [self.reference, *pruned, *artifacts, *golden, *script]
 
     def validation_notes(self) -> list[str]:
         """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""

@@ -7,7 +7,8 @@ import html
 import io
 from typing import Optional
 
-from edgepack.bundle.manifest import BenchFigures, Manifest, Number
+from edgepack.bundle.entries import Number
+from edgepack.bundle.manifest import BenchFigures, Manifest
 from edgepack.bundle.report_md import (
     EMBEDDING_HEADERS,
     SUMMARY_HEADERS,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Latency, Manifest, PruningSection, batch_of
+from edgepack.bundle.entries import Latency, batch_of
+from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Manifest, PruningSection
 from edgepack.evaluation import tasks
 from edgepack.registry import get_target, target_table
 from edgepack.targets.base import Summary, basic_summary

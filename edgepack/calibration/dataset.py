@@ -83,7 +83,7 @@ def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Option
     chosen = _choose(total, source.samples, source.seed)
     subset = {name: np.ascontiguousarray(array[chosen]) for name, array in checked.items()}
     label_subset = None if label_array is None else np.ascontiguousarray(label_array[chosen])
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if len(chosen) < FEW_SAMPLES:
         warnings = (f"{role} data {origin}: only {len(chosen)} samples; results are unreliable below {FEW_SAMPLES}",)
     return SampleSet(role=role, source=origin, arrays=subset, labels=label_subset, batch_size=source.batch_size,

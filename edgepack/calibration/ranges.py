@@ -77,4 +77,5 @@ def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[st
             raise CalibrationError(f"{type(method).__name__} calibration failed on {sample_set.source}: "
                                    f"{describe(exc)}") from exc
     save_tensors_data(tensors, cache_path)
-    return {name: tuple(float(value.reshape(-1)[0]) for value in tensors[name].range_value) for name in tensors}
+    return {name: (float(low.reshape(-1)[0]), float(high.reshape(-1)[0]))
+            for name in tensors for low, high in [tensors[name].range_value]}

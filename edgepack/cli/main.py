@@ -81,9 +81,12 @@ def main(debug: bool, verbose: bool) -> None:
 @click.option("--no-bench", is_flag=True, help="Skip the isolated-process benchmark (latency in the manifest "
               "then comes only from the in-process measurement after verification).")
 @click.option("--force", is_flag=True, help="Replace the output folder even when it is not an intact edgepack bundle.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False),
+              help="Sign the bundle with this ed25519 private key (see `edgepack keygen`); a passphrase comes "
+              "from EDGEPACK_KEY_PASSPHRASE.")
 @_handle_errors
 def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool, no_bench: bool,
-         force: bool) -> None:
+         force: bool, sign_key: Path | None) -> None:
     """Quantize, export and verify RECIPE's model for each target; write a bundle."""
     from edgepack.recipe.load import load_recipe
 
@@ -97,8 +100,10 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
     from edgepack.cli.terminal import TerminalProgress, render_pack
     from edgepack.pipeline import pack as run_pack
 
+    key = _private_key(sign_key) if sign_key is not None else None  # a bad key fails before any work
     with _library_log() as log_path:
-        result = run_pack(resolved, TerminalProgress(), bench=not no_bench, log_path=log_path, force=force)
+        result = run_pack(resolved, TerminalProgress(), bench=not no_bench, log_path=log_path, force=force,
+                          sign_key=key)
     render_pack(result)
     sys.exit(result.exit_code)
 
@@ -122,28 +127,45 @@ def prune(recipe: Path, out: Path | None, force: bool) -> None:
     sys.exit(result.exit_code)
 
 
+def _private_key(path: Path):
+    import os
+
+    from edgepack.bundle.signing import PASSPHRASE_ENV, load_private_key
+
+    return load_private_key(path, os.environ.get(PASSPHRASE_ENV))
+
+
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--data", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="Evaluation data (.npz/.npy/.csv/.parquet) with the bundle's input names.")
+@click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
+              help="Evaluation data (.npz/.npy/.csv/.parquet) with the bundle's input names: drift is re-measured "
+              "on it.")
 @click.option("--labels", help="Name of the label array or column (default: the recipe's).")
 @click.option("--threads", default=2, show_default=True, help="Runtime threads.")
 @click.option("--budget", "budget_path", type=click.Path(path_type=Path, dir_okay=False),
               help="YAML file of budget bounds to check against (instead of the bundle's own).")
 @click.option("--recipe", "recipe_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Take the budget from this recipe (instead of the bundle's own).")
+@click.option("--key", "key_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="ed25519 public key (PEM) the bundle must be signed with.")
+@click.option("--device-report", "device_report", type=click.Path(path_type=Path, dir_okay=False),
+              help="The --json output of the bundle's verify_on_device.py, run on a device.")
 @_handle_errors
-def verify(bundle: Path, data: Path, labels: str | None, threads: int, budget_path: Path | None,
-           recipe_path: Path | None) -> None:
-    """Re-check BUNDLE: checksums and unlisted files, then drift of every artifact on DATA against a budget
-    (--budget or --recipe, else the bundle's own), and on the packing data the recorded metrics."""
+def verify(bundle: Path, data: Path | None, labels: str | None, threads: int, budget_path: Path | None,
+           recipe_path: Path | None, key_path: Path | None, device_report: Path | None) -> None:
+    """Re-check BUNDLE: signature (--key), checksums and unlisted files; drift of every artifact on DATA
+    against a budget (--budget or --recipe, else the bundle's own) and, on the packing data, the recorded
+    metrics; and a device's report (--device-report). Give --data, --device-report or both."""
     from edgepack.bundle.check import verify_bundle
     from edgepack.cli.terminal import render_bundle_check
     from edgepack.recipe.load import load_budget
 
+    if data is None and device_report is None:
+        raise click.UsageError("give --data (re-measure drift here), --device-report (a device's results) or both")
     budget = load_budget(budget_path=budget_path, recipe_path=recipe_path)
     with _library_log():
-        check = verify_bundle(bundle, data, labels=labels, threads=threads, budget=budget)
+        check = verify_bundle(bundle, data, labels=labels, threads=threads, budget=budget, key=key_path,
+                              device_report=device_report)
     render_bundle_check(check)
     sys.exit(check.exit_code)
 
@@ -197,13 +219,11 @@ def keygen(private_key: Path, public_key: Path | None) -> None:
 @_handle_errors
 def sign(bundle: Path, key_path: Path) -> None:
     """Sign an intact BUNDLE (every file matching its manifest) with KEY; writes BUNDLE/signature.json."""
-    import os
-
     from edgepack.bundle.files import why_not_replaceable
-    from edgepack.bundle.signing import PASSPHRASE_ENV, fingerprint, load_private_key, sign_bundle
+    from edgepack.bundle.signing import fingerprint, sign_bundle
     from edgepack.errors import VerificationError
 
-    key = load_private_key(key_path, os.environ.get(PASSPHRASE_ENV))
+    key = _private_key(key_path)
     problem = why_not_replaceable(bundle)
     if problem is not None:
         raise VerificationError(f"{bundle}: not signed: {problem}")

@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgepack.bundle.manifest import BenchFigures, BenchRow, BenchSettingsEntry, Manifest, PruningSection
+from edgepack.bundle.manifest import BenchFigures, Manifest, PruningSection
 from edgepack.bundle.report_md import UNCHECKED, isa_lines, speed_flag_lines, validation_rows
+from edgepack.bundle.sections import BenchRow, BenchSettingsEntry
+from edgepack.device.report import summarize as device_summary
 from edgepack.evaluation import tasks
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ def render_pack(result: PackResult) -> None:
                           "[green]pass[/]" if item.passed else "[red]FAIL[/]")
     out.print(table)
     out.print(f"drift: against the float model on {manifest.evaluation.samples} held-out samples"
-              + ("; drop in percentage points." if manifest.task == "classification" else "."))
+              + tasks.kind(manifest.task).drop_note)
     for note in manifest.validation_notes():
         out.print(f"note: {note}")
     render_validation(manifest)
@@ -111,6 +113,11 @@ def render_pack(result: PackResult) -> None:
         console.print(f"[yellow]warning:[/] {escape(line)}")
     if manifest.budget_disabled:
         console.print(f"[yellow]warning:[/] {UNCHECKED}")
+    if manifest.device_script is not None:
+        out.print(f"on a device: python {manifest.device_script.path} BUNDLE (numpy + the artifact's runtime) checks "
+                  "each artifact on its golden samples")
+    if result.signed_by is not None:
+        out.print(f"signed: manifest.json, ed25519 key {result.signed_by[:16]} (verify with --key PUBLIC.pem)")
     verdict = "[green]all targets passed[/]" if manifest.passed else "[red]FAILED[/]"
     out.print(f"{verdict}; bundle: {result.bundle}")
 
@@ -139,8 +146,15 @@ def render_bundle_check(check: BundleCheck) -> None:
         out.print(f"{status} {escape(path)}: {_absolute(report.metrics)}; {details}")
     for failure in check.recorded_failures:
         console.print(f"[red]recorded verdict FAILED:[/] {escape(failure)} (the manifest says so at packing time)")
+    if check.device is not None:
+        for line in device_summary(check.device):
+            out.print(escape(line))
+    if check.signature is not None:
+        out.print(escape(check.signature.line()))
     same = "; on the packing data, every recorded metric was reproduced" if check.same_data else ""
-    out.print(f"checksums ok, no unlisted files; drift re-measured on {check.samples} samples{same}")
+    measured = (f"drift re-measured on {check.samples} samples{same}" if check.reports
+                else "no --data: drift not re-measured here")
+    out.print(f"checksums ok, no unlisted files; {measured}")
 
 
 def _absolute(metrics: dict[str, float]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -14,7 +14,6 @@ from edgepack.compression.distill import SELECTION, DistillReport, distill, labe
 from edgepack.compression.lowrank import factorize
 from edgepack.compression.prune import (
     PruneResult,
-    count,
     output_heads,
     prune_model,
     reload_and_check,
@@ -22,7 +21,7 @@ from edgepack.compression.prune import (
     unpruned,
 )
 from edgepack.evaluation import tasks
-from edgepack.model.tensors import as_tensors
+from edgepack.model.tensors import as_tensors, count_macs_and_params
 from edgepack.progress import Progress
 from edgepack.recipe.schema import Recipe
 
@@ -98,10 +97,11 @@ def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, e
     report = None
     if distill_data is not None:
         with progress.step("distilling the pruned model from the float model"):
+            assert recipe.distill is not None, "distill_data comes from recipe.distill"
             report = distill(pruned.module, teacher, distill_data.arrays, distill_data.labels, names,
                              recipe.distill, seed=recipe.distill.seed)
         accuracy["distilled"] = _quality(pruned.module, evaluation, recipe)
-    macs_after, params_after = count(pruned.module, example)
+    macs_after, params_after = count_macs_and_params(pruned.module, example)
     return CompressionResult(module=pruned.module, pruning=pruned, distillation=report, accuracy=accuracy,
                              lowrank=tuple(factorized), params_after=params_after, macs_after=macs_after,
                              quality_metric=tasks.kind(recipe.task).headline)
@@ -117,7 +117,7 @@ def save_compressed(result: CompressionResult, example: dict[str, np.ndarray], n
 def compression_manifest(result: CompressionResult, *, latency: dict, reload_difference: float) -> dict:
     """The manifest's `pruning` section."""
     pruning = result.pruning
-    section = {
+    section: dict[str, Any] = {
         "params": {"before": pruning.params_before, "after": result.params_after},
         "macs": {"before": pruning.macs_before, "after": result.macs_after,
                  "removed_fraction": 1 - result.macs_after / pruning.macs_before},

@@ -55,11 +55,17 @@ class _FeatureTap:
         modules = dict(model.named_modules())
         if name not in modules:
             raise ConfigError(f"distill.features: the {role} has no module named '{name}'")
-        self.value = None
+        self.value: torch.Tensor | None = None
         self.handle = modules[name].register_forward_hook(self._store)
 
     def _store(self, module, inputs, output):
         self.value = output
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The last recorded output; a forward pass must have run."""
+        assert self.value is not None, "no forward pass has run through the tapped module"
+        return self.value
 
     def close(self) -> None:
         self.handle.remove()
@@ -153,7 +159,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
         with torch.no_grad():
             student(*(t[:2] for t in train_inputs))
             teacher(*(t[:2] for t in train_inputs))
-        projections.extend(_projection(s.value, t.value) for s, t in taps)
+        projections.extend(_projection(s.tensor, t.tensor) for s, t in taps)
     optimizer = torch.optim.Adam(list(student.parameters()) + list(projections.parameters()), lr=config.lr)
     temperature = config.temperature
 
@@ -174,7 +180,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
             if train_y is not None:
                 loss = loss + (1 - config.alpha) * label_loss(logits, train_y[index])
             for (s_tap, t_tap), projection in zip(taps, projections):
-                loss = loss + config.feature_weight * F.mse_loss(projection(s_tap.value), t_tap.value.detach())
+                loss = loss + config.feature_weight * F.mse_loss(projection(s_tap.tensor), t_tap.tensor.detach())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

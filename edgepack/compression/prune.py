@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgepack.errors import ConfigError, PruningError
+from edgepack.model.tensors import count_macs_and_params
 
 EXACT_ZERO_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.Embedding)
 NOT_ZERO_CHECKABLE = (nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention)
@@ -59,14 +60,6 @@ def _widths(module: nn.Module) -> dict[str, int]:
         elif isinstance(layer, nn.MultiheadAttention):
             widths[name] = layer.embed_dim
     return widths
-
-
-def count(module: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[int, int]:
-    """(MACs per sample batch, parameters) measured by torch-pruning's counter."""
-    import torch_pruning as tp
-
-    macs, params = tp.utils.count_ops_and_params(module, example if len(example) > 1 else example[0])
-    return int(macs), int(params)
 
 
 def _outputs(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -167,8 +160,9 @@ def _zero_group(group) -> bool:
                 layer.weight[:, index] = 0
                 continue
             layer.weight[index] = 0
-            if getattr(layer, "bias", None) is not None:
-                layer.bias[index] = 0
+            bias = getattr(layer, "bias", None)
+            if bias is not None:
+                bias[index] = 0
     return checkable
 
 
@@ -208,7 +202,7 @@ def _ratio_for_target(module, example, config, ignored_names, heads, macs0, para
         head_dims = _head_dims(trial, config)
         _pruner(trial, example, config, middle, ignored_names, heads, steps=1).step()
         _update_head_counts(trial, config, head_dims)
-        macs, params = count(trial, example)
+        macs, params = count_macs_and_params(trial, example)
         removed = 1 - (macs / macs0 if config.by == "macs" else params / params0)
         if removed >= goal:
             best, high = middle, middle
@@ -290,7 +284,7 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
             notes.append("embeddings combined by torch.stack: torch-pruning removes the wrong columns of the next "
                          f"layer there, so embedding dims were left unpruned ({', '.join(stacked)})")
     widths_before = _widths(module)
-    macs0, params0 = count(module, example)
+    macs0, params0 = count_macs_and_params(module, example)
     ratio = _ratio_for_target(module, example, config, ignored_names, heads, macs0, params0, taylor_loss)
     head_dims = _head_dims(module, config)
     pruner = _pruner(module, example, config, ratio, ignored_names, heads, steps=config.steps)
@@ -313,7 +307,7 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
         _sync_attention_heads(module)
         if between_steps is not None and step + 1 < config.steps:
             between_steps(module, step + 1)
-    macs1, params1 = count(module, example)
+    macs1, params1 = count_macs_and_params(module, example)
     widths_after = _widths(module)
     layers = {name: (widths_before[name], widths_after.get(name, 0)) for name in widths_before}
     return PruneResult(module=module.eval(), params_before=params0, params_after=params1, macs_before=macs0,
@@ -323,7 +317,7 @@ def prune_model(module: nn.Module, example: tuple[torch.Tensor, ...], config, *,
 def unpruned(module: nn.Module, example: tuple[torch.Tensor, ...]) -> PruneResult:
     """A copy of `module` described as a PruneResult that removed nothing (compression without pruning)."""
     module = copy.deepcopy(module).eval()
-    macs, params = count(module, example)
+    macs, params = count_macs_and_params(module, example)
     widths = _widths(module)
     return PruneResult(module=module, params_before=params, params_after=params, macs_before=macs, macs_after=macs,
                        layers={name: (width, width) for name, width in widths.items()}, checks=())

@@ -79,7 +79,7 @@ def classification_metrics(reference: np.ndarray, artifact: np.ndarray, labels: 
     metrics = {
         "top1_agreement": float((reference_top1 == artifact_top1).mean()),
         "max_abs_error": float(np.abs(reference - artifact).max()),
-        "relative_l2": float(np.linalg.norm(reference - artifact) / max(np.linalg.norm(reference), eps)),
+        "relative_l2": float(np.linalg.norm(reference - artifact)) / max(float(np.linalg.norm(reference)), eps),
         "kl": float(np.mean(np.sum(p * (np.log(p + eps) - np.log(q + eps)), axis=1))),
         "samples": int(len(reference)),
     }

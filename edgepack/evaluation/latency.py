@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from edgepack.bundle.manifest import Latency, LatencyFigure
+from edgepack.bundle.entries import Latency, LatencyFigure
 from edgepack.evaluation.runners import Runner
 from edgepack.recipe.schema import LatencyConfig
 

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from edgepack.benchmark.bench import ONNX_FP32
-from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Latency, Manifest, SlowerThanFp32, batch_of
+from edgepack.bundle.entries import Latency, batch_of
+from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Manifest, SlowerThanFp32
 from edgepack.evaluation.latency import make_batch
 from edgepack.evaluation.runners import FAKE_QUANT_DEVICE, ort_session
 from edgepack.isa import host_isa

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from edgepack.calibration.readers import import_object
@@ -32,6 +31,7 @@ def load_model(recipe: Recipe) -> LoadedModel:
         return LoadedModel("onnx", None, _check_onnx(source.onnx, recipe), f"ONNX file {source.onnx}")
     if source.pickle is not None:
         return LoadedModel("pickle", _load_pickle(source.pickle), None, f"pickled module {source.pickle}")
+    assert source.factory is not None and source.weights is not None, "the schema requires factory and weights"
     factory = import_object(source.factory, base_dir=recipe.base_dir, what="model factory")
     try:
         module = factory(**source.factory_kwargs)
@@ -113,12 +113,3 @@ def _check_onnx(path: Path, recipe: Recipe) -> Path:
     if sorted(graph_inputs) != sorted(recipe.input_names):
         raise ModelLoadError(f"{path}: ONNX inputs are {graph_inputs}, the recipe declares {recipe.input_names}")
     return path
-
-
-def count_params_and_macs(module: torch.nn.Module, example: dict[str, np.ndarray], names: list[str]) -> tuple[int, int]:
-    """Parameter count and multiply-accumulates for one sample, measured by torch-pruning's counter."""
-    import torch_pruning as tp
-
-    inputs = tuple(torch.from_numpy(example[name][:1]) for name in names)
-    macs, params = tp.utils.count_ops_and_params(module, inputs if len(inputs) > 1 else inputs[0])
-    return int(params), int(macs)

@@ -38,9 +38,11 @@ def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.nda
                 module.eval(), args, dynamo=True, input_names=names, output_names=["output"],
                 dynamic_shapes=dynamic_shapes, opset_version=OPSET, optimize=True, verbose=False,
             )
+            if program is None:
+                raise ExportError("torch.onnx.export returned no program")
             program.save(str(path), external_data=False)
     except Exception as exc:
-        root = exc
+        root: BaseException = exc
         while root.__cause__ is not None:
             root = root.__cause__
         first_line = (str(root).strip().splitlines() or [""])[0]

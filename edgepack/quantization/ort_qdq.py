@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from edgepack.calibration.ranges import compute_ranges, ort_method
 from edgepack.capture import quiet_python_output
@@ -101,7 +101,8 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
         float_nodes = list(float_nodes)
         if settings.keep_input_convs_float:
             float_nodes += narrow_input_convs(prepared)
-        extra_options = {"ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True}
+        extra_options: dict[str, Any] = {"ActivationSymmetric": settings.symmetric_activations,
+                                         "WeightSymmetric": True}
         if settings.seven_bit_weights:
             # An override without "axis" would make onnxruntime quantize that weight per tensor.
             extra_options["TensorQuantOverrides"] = {

@@ -52,7 +52,7 @@ def _model_classes(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
-def _format_error(source: str, error: dict) -> str:
+def _format_error(source: str, error: Any) -> str:
     loc = tuple(error["loc"])
     where = ".".join(str(p) for p in _walk(Recipe, loc)[1]) or "(top level)"
     if error["type"] == "extra_forbidden":

@@ -211,11 +211,11 @@ class Recipe(_Section):
     inputs: list[InputSpec] = Field(min_length=1)
     calibration: CalibrationConfig
     evaluation: EvaluationConfig
-    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    quantization: QuantizationConfig = Field(default_factory=lambda: QuantizationConfig.model_validate({}))
     targets: list[str] = Field(default_factory=lambda: ["x86"], min_length=1)
     target_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     budget: Budget  # when absent, the task's default (edgepack.recipe.budget); ctr and ranking have none
-    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    latency: LatencyConfig = Field(default_factory=lambda: LatencyConfig.model_validate({}))
     prune: Optional[PruneConfig] = None
     lowrank: Optional[LowRankConfig] = None
     distill: Optional[DistillConfig] = None

@@ -64,7 +64,9 @@ def test_pack_reports_progress_on_stderr(packed):
 
 def test_pack_writes_a_complete_bundle(packed):
     files = sorted(str(p.relative_to(packed.bundle)) for p in packed.bundle.rglob("*") if p.is_file())
-    assert files == ["manifest.json", "pack.log", FP32, "report.html", "report.md", INT8]
+    golden = [INT8.replace(".onnx", ".golden.json"), INT8.replace(".onnx", ".golden.npz")]
+    assert files == sorted(["manifest.json", "pack.log", FP32, "report.html", "report.md", "verify_on_device.py",
+                            INT8, *golden])
     assert not list(packed.bundle.parent.glob(".digits.*"))
     assert "digits" in (packed.bundle / "report.md").read_text()
 

@@ -338,6 +338,12 @@ def _noise_calibration(example: Path, tmp: Path, recipe: dict) -> None:
     recipe["calibration"]["path"] = str(tmp / "noise.npz")
 
 
+def _raw_pixels(example: Path, tmp: Path, recipe: dict) -> None:
+    with np.load(example / "eval.npz") as archive:
+        np.savez(tmp / "raw.npz", image=np.round(archive["image"] * 255), label=archive["label"])
+    recipe["evaluation"]["path"] = str(tmp / "raw.npz")
+
+
 @dataclass(frozen=True)
 class WarningCase:
     make: Callable[[Path, Path, dict], None]
@@ -353,6 +359,7 @@ WARNING_CASES = {
                                                failed_metric="reference_accuracy",
                                                budget={"min_reference_accuracy": 0.9}),
     "noise-as-calibration-data": WarningCase(_noise_calibration, "does not look like the evaluation data"),
+    "unnormalized-evaluation-data": WarningCase(_raw_pixels, "like raw 8-bit pixels", code=3),
 }
 
 
@@ -382,3 +389,99 @@ def test_a_yaml_error_names_line_and_column(invoke, expect_error, tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({"name": "x"}) + "inputs: [\n  - {name: image\n")
     expect_error(invoke("pack", path), f"{path}:", "not valid YAML")
+
+
+# --- signed bundles and device reports ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    from edgepack.bundle.signing import generate_keypair
+
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keypair(folder / "key.pem", folder / "key.pub.pem")
+    generate_keypair(folder / "other.pem", folder / "other.pub.pem")
+    return folder
+
+
+@pytest.fixture
+def signed_copy(packed_bundle, keys, invoke, tmp_path):
+    copy = tmp_path / "signed"
+    shutil.copytree(packed_bundle, copy)
+    result = invoke("sign", copy, "--key", keys / "key.pem")
+    assert result.exit_code == 0, result.output
+    return copy
+
+
+def test_a_signed_bundle_verifies_with_its_key(signed_copy, keys, invoke, trained_example):
+    result = invoke("verify", signed_copy, "--data", trained_example / "eval.npz", "--key", keys / "key.pub.pem")
+    assert result.exit_code == 0, result.output
+    assert "signature: valid, ed25519 key" in result.stdout
+
+
+def test_an_unsigned_bundle_says_what_its_checksums_prove(packed_bundle, invoke, trained_example):
+    result = invoke("verify", packed_bundle, "--data", trained_example / "eval.npz")
+    assert result.exit_code == 0, result.output
+    assert "signature: none (unsigned bundle); checksums only detect accidental change" in squash(result.stdout)
+
+
+def _re_sum_and_loosen(bundle: Path) -> None:
+    """What a tamperer can do without the key: loosen the budget, keep the manifest self-consistent."""
+    _edit_manifest(bundle, lambda m: _artifact(m)["budget"].update(max_accuracy_drop=50.0))
+
+
+SIGNATURE_CASES = {
+    "manifest-edited-after-signing": (_re_sum_and_loosen, "key.pub.pem", "signature does not match"),
+    "verified-with-another-key": (lambda b: None, "other.pub.pem", "not by"),
+    "signature-file-deleted": (lambda b: (b / "signature.json").unlink(), "key.pub.pem", "bundle is not signed"),
+    "signature-file-garbled": (lambda b: (b / "signature.json").write_text("{}"), "key.pub.pem",
+                               "not an edgepack signature file"),
+    "private-key-given-to-verify": (lambda b: None, "key.pem", "this is a private key"),
+}
+
+
+@pytest.mark.parametrize("case", SIGNATURE_CASES.values(), ids=SIGNATURE_CASES.keys())
+def test_a_signature_that_does_not_hold_fails_verify(case, signed_copy, keys, invoke, expect_error, trained_example):
+    tamper, key, fragment = case
+    tamper(signed_copy)
+    result = invoke("verify", signed_copy, "--data", trained_example / "eval.npz", "--key", keys / key)
+    expect_error(result, fragment)
+
+
+def test_a_bad_signing_key_fails_before_any_work(invoke, expect_error, recipe_factory, keys):
+    recipe, write = recipe_factory
+    expect_error(invoke("pack", write(recipe), "--sign", keys / "key.pub.pem"), "not a PEM private key",
+                 bundle=Path(recipe["output"]))
+
+
+def _device_report(bundle: Path, tmp: Path) -> Path:
+    import subprocess
+    import sys
+
+    report = tmp / "device.json"
+    run = subprocess.run([sys.executable, "-I", str(bundle / "verify_on_device.py"), str(bundle), "--json",
+                          str(report)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return report
+
+
+def test_a_device_report_is_read_back_by_verify(packed_bundle, invoke, tmp_path):
+    report = _device_report(packed_bundle, tmp_path)
+    result = invoke("verify", packed_bundle, "--device-report", report)
+    assert result.exit_code == 0, result.output
+    out = squash(result.stdout)
+    assert "x86/model.int8.onnx: passed on the device" in out and "device verdict: passed" in out
+    assert "no --data: drift not re-measured here" in out
+
+
+def test_a_device_report_of_another_file_is_refused(packed_bundle, invoke, expect_error, tmp_path):
+    report = _device_report(packed_bundle, tmp_path)
+    data = json.loads(report.read_text())
+    data["artifacts"][0]["sha256"] = "0" * 64
+    report.write_text(json.dumps(data))
+    expect_error(invoke("verify", packed_bundle, "--device-report", report), "the device ran another file")
+
+
+def test_verify_needs_data_or_a_device_report(packed_bundle, invoke):
+    result = invoke("verify", packed_bundle)
+    assert result.exit_code == 2 and "--device-report" in result.output

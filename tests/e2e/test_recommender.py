@@ -131,7 +131,8 @@ def test_tflite_tables_are_quantized_per_row_and_read_by_the_hybrid_lookup(train
     assert {"user.weight", "item.weight", "user_bias.weight", "item_bias.weight"} <= set(tables)
     for name in ("user.weight", "item.weight"):
         assert tables[name].bits == bits and tables[name].scales == "per row"
-        assert tables[name].bytes_after < tables[name].bytes_before * (0.27 if bits == 8 else 0.16)
+        # 8-bit: 128 one-byte codes + a float32 scale + the schema's int64 zero point per 512-byte row (0.273)
+        assert tables[name].bytes_after < tables[name].bytes_before * (0.28 if bits == 8 else 0.16)
         assert tables[name].max_abs_error <= tables[name].error_bound + 1e-7
     assert tables["user_bias.weight"].scales == "one per table"
     float_constants = [t for t in artifact.structure["float_tensors"] if t["role"] == "constant"]

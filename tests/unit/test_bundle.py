@@ -8,8 +8,9 @@ import os
 
 import pytest
 
+from edgepack.bundle.entries import FileEntry
 from edgepack.bundle.files import MANIFEST, Bundle, check_checksums, sha256_file, staging, why_not_replaceable
-from edgepack.bundle.manifest import SCHEMA_VERSION, FileEntry, previous_schema_files
+from edgepack.bundle.manifest import SCHEMA_VERSION, previous_schema_files
 from edgepack.errors import ConfigError, VerificationError
 
 

@@ -193,7 +193,8 @@ def test_the_device_script_imports_only_the_standard_library_and_numpy():
                  and node.module}
     # executorch needs torch tensors: torch is imported only when a .pte runs (importlib, in PteRuntime)
     assert imported - {"__future__", "numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "executorch"} <= \
-        {"argparse", "datetime", "hashlib", "importlib", "json", "math", "os", "platform", "sys", "time", "pathlib", "typing"}
+        {"argparse", "datetime", "hashlib", "importlib", "json", "math", "os", "platform", "sys", "time", "pathlib",
+         "typing"}
 
 
 # ---- the device report ---------------------------------------------------------------------------------

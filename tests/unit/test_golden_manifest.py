@@ -32,7 +32,7 @@ def test_a_manifest_reads_back_unchanged(name):
 
 def test_a_schema_2_bundle_opens_with_its_recipe_parsed_once(tmp_path):
     raw = raw_manifest("recommender")
-    assert raw["schema_version"] == SCHEMA_VERSION == 2
+    assert raw["schema_version"] == 2 and SCHEMA_VERSION == 3  # schema 3 only added optional fields
     (tmp_path / MANIFEST).write_text(json.dumps(raw))
     bundle = Bundle.open(tmp_path)
     assert bundle.folder == tmp_path and bundle.manifest == Manifest.model_validate(raw)

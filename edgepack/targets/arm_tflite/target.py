@@ -20,7 +20,7 @@ from typing import cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.bundle.manifest import ArtifactEntry
-from edgepack.errors import ExportError
+from edgepack.errors import ExportError, describe
 from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 from edgepack.targets.arm_tflite.flatbuffer import add_float_io
 from edgepack.targets.arm_tflite.runner import TfliteRunner, describe_tflite, runtime_info
@@ -98,8 +98,7 @@ class TfliteArmTarget(Target):
                                         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
             edge.export(str(path))
         except Exception as exc:  # the converter raises jax/MLIR errors of many types
-            raise ExportError(f"litert-torch could not convert the quantized model: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise ExportError(f"litert-torch could not convert the quantized model: {describe(exc)}") from exc
         parameters = {name: value.detach().cpu().numpy() for name, value in context.module.state_dict().items()
                       if value.ndim == 2}
         tables = quantize_tflite_tables(path, bits=context.quantization.embedding_bits, parameters=parameters)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.bundle.manifest import ArtifactEntry
-from edgepack.errors import ExportError, MissingDependencyError
+from edgepack.errors import ExportError, MissingDependencyError, describe
 from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
@@ -79,8 +79,7 @@ class XnnpackArmTarget(Target):
             program_out = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=bool(tables)))
             path.write_bytes(program_out.buffer)
         except Exception as exc:  # export and lowering raise many exception types
-            raise ExportError(f"ExecuTorch could not lower the quantized model: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise ExportError(f"ExecuTorch could not lower the quantized model: {describe(exc)}") from exc
         seconds = time.perf_counter() - started
         details = describe_pte(path) | delegation
         details.update(layout="as exported (NCHW for images)", batch=f"dynamic, 1..{MAX_BATCH} per call "
