@@ -28,6 +28,7 @@ class LatencyFigure(_Strict):
     warmup: int
     device: Optional[str] = None
     padded: Optional[str] = None
+    cut_short: Optional[str] = None  # timing stopped at the recipe's latency.max_seconds
 
 
 Latency = dict[str, LatencyFigure]  # "batch_1", "batch_64", ...

@@ -257,6 +257,7 @@ class LatencySettings(Timing):
 
     machine: MachineFacts
     note: str
+    max_seconds: Optional[float] = None  # time bound of one batch size's timed runs (schema 3)
 
 
 class LibraryLog(_Strict):

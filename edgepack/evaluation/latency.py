@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -22,18 +23,29 @@ def make_batch(arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.n
     return batch
 
 
-def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeats: int) -> LatencyFigure:
-    """Median and 90th percentile in milliseconds over `repeats` timed runs."""
+MIN_TIMED_RUNS = 3  # a time-bounded measurement still takes a median of at least this many runs
+
+
+def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeats: int,
+            max_seconds: Optional[float] = None) -> LatencyFigure:
+    """Median and 90th percentile in milliseconds over `repeats` timed runs, or fewer (at least
+    MIN_TIMED_RUNS) when they pass `max_seconds`: a large model at batch 64 under load can take tens of
+    seconds a call. The figure records how many runs were timed and, when cut short, how many were asked."""
     for _ in range(warmup):
         runner(batch)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds if max_seconds is not None else None
+    while len(times) < repeats:
         started = time.perf_counter()
         runner(batch)
         times.append((time.perf_counter() - started) * 1000.0)
+        if deadline is not None and len(times) >= MIN_TIMED_RUNS and time.perf_counter() > deadline:
+            break
     times.sort()
     entry = LatencyFigure(median_ms=statistics.median(times),
-                          p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))], repeats=repeats, warmup=warmup)
+                          p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))], repeats=len(times), warmup=warmup)
+    if len(times) < repeats:
+        entry.cut_short = f"{len(times)} of {repeats} timed runs: stopped after {max_seconds:g} s"
     fixed = runner.fixed_batch
     rows = len(next(iter(batch.values())))
     if fixed > 1 and rows % fixed:
@@ -45,5 +57,6 @@ def measure(runner: Runner, batch: dict[str, np.ndarray], *, warmup: int, repeat
 def measure_batches(runner: Runner, arrays: dict[str, np.ndarray], settings: LatencyConfig) -> Latency:
     """Latency at batch 1 and at the recipe's larger batch size, labelled with where it ran."""
     return {f"batch_{size}": measure(runner, make_batch(arrays, size), warmup=settings.warmup,
-                                     repeats=settings.repeats).model_copy(update={"device": runner.device})
+                                     repeats=settings.repeats, max_seconds=settings.max_seconds)
+            .model_copy(update={"device": runner.device})
             for size in sorted({1, settings.batch_size})}

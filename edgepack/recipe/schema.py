@@ -200,6 +200,8 @@ class LatencyConfig(_Section):
     warmup: int = Field(3, ge=0)
     repeats: int = Field(20, ge=1)
     threads: int = Field(2, ge=1)
+    max_seconds: float = Field(20.0, gt=0, description="stop timing one batch size after this many seconds (at "
+                               "least 3 timed runs); the manifest records how many ran")
 
 
 class Recipe(_Section):
