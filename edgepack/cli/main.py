@@ -229,3 +229,14 @@ def sign(bundle: Path, key_path: Path) -> None:
         raise VerificationError(f"{bundle}: not signed: {problem}")
     path = sign_bundle(bundle, key)
     click.echo(f"signed {bundle}/manifest.json with key {fingerprint(key.public_key())[:16]}: {path}")
+
+
+@main.command()
+@_handle_errors
+def targets() -> None:
+    """List every target: what it builds, whether its packages are installed here (else the pip command),
+    the calibration methods it honours and its options with their defaults."""
+    from edgepack.cli.terminal import render_targets
+    from edgepack.targets.catalog import describe_targets
+
+    render_targets(describe_targets())

@@ -19,6 +19,7 @@ from edgepack.evaluation import tasks
 if TYPE_CHECKING:
     from edgepack.bundle.check import BundleCheck
     from edgepack.pipeline import PackResult
+    from edgepack.targets.catalog import TargetInfo
 
 IN_PROCESS = "measured in the pack process"
 # Lines are never wrapped when output goes to a file or CI log (soft_wrap), so they stay greppable;
@@ -221,3 +222,17 @@ def render_pruning(pruning: PruningSection, *, large: str) -> None:
         out.print(f"distillation: {report.epochs_run} epochs in {report.seconds:.1f} s, kept epoch "
                   f"{report.best_epoch} ({report.selected_by}; validation {report.validation_metric} "
                   f"{report.best_validation:.4f}); {report.stopped}")
+
+
+def render_targets(found: list[TargetInfo]) -> None:
+    """One block per target: description, packages with versions or the pip command, methods, options."""
+    for info in found:
+        state = "[green]installed[/]" if info.installed else f"[yellow]not installed[/]: {escape(info.install_command)}"
+        out.print(f"[bold]{escape(info.name)}[/]  {escape(info.description)}")
+        packages = ", ".join(f"{module} {version}" if version else f"{module} (missing)"
+                             for module, version in info.packages.items())
+        out.print(f"  {state}; needs {escape(packages)}")
+        out.print(f"  calibration methods: {', '.join(info.calibration_methods)}")
+        for option in info.options:
+            described = f": {escape(option.description)}" if option.description else ""
+            out.print(f"  option {option.name} (default {option.default!r}){described}")

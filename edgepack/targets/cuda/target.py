@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import cast
 
 import onnx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.evaluation.runners import OrtRunner
@@ -32,8 +32,9 @@ class CudaOptions(BaseModel):
     """Options under `target_options.cuda` in the recipe."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    keep_io_types: bool = True
-    int8: bool = True
+    keep_io_types: bool = Field(True, description="the fp16 artifact keeps float32 inputs and outputs (casts "
+                                "inside the graph); false: float16 I/O")
+    int8: bool = Field(True, description="also build the TensorRT-ready symmetric INT8 QDQ artifact")
 
 
 class CudaTarget(Target):
