@@ -17,6 +17,7 @@ from edgepack.bundle.report_md import (
     isa_lines,
     speed_flag_lines,
     summary_rows,
+    trust_lines,
     validation_rows,
 )
 from edgepack.evaluation import tasks
@@ -136,6 +137,9 @@ def render_html(manifest: Manifest) -> str:
               "</figcaption></figure>" for caption, data in _plots(manifest)]
     parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),
               "<h2>Compression</h2>", _compression(manifest)]
+    checks = trust_lines(manifest)
+    if checks:
+        parts += ["<h2>Checks beyond drift</h2>", *[f"<p>{_e(line)}</p>" for line in checks]]
     if manifest.bench is not None:
         parts += ["<h2>Benchmark (each entry in a fresh process)</h2>", _bench_table(manifest.bench)]
     parts += ["<h2>Provenance</h2>",

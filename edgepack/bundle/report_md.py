@@ -77,9 +77,28 @@ def render_markdown(manifest: Manifest) -> str:
               f"{settings.threads} threads, {settings.machine.processor} "
               f"({settings.machine.cpu_count} cores)",
               "- toolchain: " + ", ".join(f"{k} {v}" for k, v in manifest.toolchain.items())]
+    checks = trust_lines(manifest)
+    if checks:
+        lines += ["", "## Checks beyond drift", "", *[f"- {line}" for line in checks]]
     if manifest.warnings:
         lines += ["", "## Warnings", "", *[f"- {warning}" for warning in manifest.warnings]]
     return "\n".join(lines) + "\n"
+
+
+def trust_lines(manifest: Manifest) -> list[str]:
+    """Sentences on what the bundle offers beyond drift: activation coverage and the device check."""
+    lines = []
+    coverage = manifest.activation_coverage
+    if coverage is not None:
+        lines.append(f"activation coverage: {coverage.share_outside:.3%} of the float model's evaluation activations "
+                     f"({coverage.layers} layers, {coverage.samples} samples) fall outside the ranges seen on "
+                     f"calibration data; worst layer '{coverage.worst_layer}' {coverage.worst_share:.2%}")
+    if manifest.device_script is not None:
+        golden = sum(1 for _, item in manifest.artifacts() if item.golden)
+        lines.append(f"on a device: `python {manifest.device_script.path} BUNDLE` needs only numpy and the artifact's "
+                     f"runtime; it checks {golden} artifact(s) on their golden samples (STEM.golden.npz) and "
+                     "`edgepack verify BUNDLE --device-report FILE` reads its --json back")
+    return lines
 
 
 def summarize(target_name: str, artifact: ArtifactEntry) -> Summary:
