@@ -1,13 +1,16 @@
 """PT2E quantization shared by the ARM targets (arm-tflite, arm-xnnpack): activation observers for the
-recipe's calibration method, calibration of a prepared graph, example batches."""
+recipe's calibration method, own observers for ReLU6 after conv/linear, calibration of a prepared
+graph, example batches."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Optional
 
 import numpy as np
 
-from edgepack.errors import ExportError
+from edgepack.errors import ExportError, describe
 
 
 @lru_cache(maxsize=1)
@@ -70,25 +73,131 @@ def with_activation_observer(config, method):
     return dataclasses.replace(config, **replace)
 
 
-def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quantize: bool):
-    """Export `module` with a dynamic batch, insert observers, run the calibration set, convert.
+def _is_relu6(node) -> bool:
+    """A clamp whose output range is narrower than its input's: hardtanh (F.relu6, nn.ReLU6, nn.Hardtanh)
+    or clamp with a lower bound of 0 (ReLU6 written as `x.clamp(0, 6)`)."""
+    import torch
+
+    aten = torch.ops.aten
+    if node.target in (aten.hardtanh.default, aten.hardtanh_.default):
+        return True
+    if node.target in (aten.clamp.default, aten.clamp_.default):
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+        return low == 0
+    return False
+
+
+def separate_activation_ranges(graph, activation_qspec) -> int:
+    """Give each ReLU6 that follows a conv/linear its own output observer; return how many were re-annotated.
+
+    ExecuTorch's XNNPACKQuantizer and litert-torch's PT2EQuantizer fuse conv/linear with `relu` only.
+    For conv → hardtanh they observe the conv output, i.e. the pre-activation range, and hardtanh
+    shares that observer, so its [0, 6] output is quantized on a range that can be many times wider.
+    This annotates conv → ReLU6 the way they annotate conv → relu: no observer between the two,
+    one observer on the clamp's output.
+    """
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    aten = torch.ops.aten
+    producers = (aten.conv1d.default, aten.conv2d.default, aten.linear.default)
+    fixed = 0
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or not _is_relu6(node):
+            continue
+        producer = node.args[0]
+        if not isinstance(producer, torch.fx.Node) or producer.target not in producers or len(producer.users) != 1:
+            continue
+        annotation = producer.meta.get("quantization_annotation")
+        if annotation is None or annotation.output_qspec is None:
+            continue
+        annotation.output_qspec = None
+        node.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=activation_qspec, _annotated=True)
+        fixed += 1
+    return fixed
+
+
+@lru_cache(maxsize=1)
+def _separating_quantizer_class():
+    """A Quantizer that runs another one, then `separate_activation_ranges` (built lazily: torchao is optional)."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class SeparatingQuantizer(Quantizer):
+        def __init__(self, inner, activation_qspec):
+            super().__init__()
+            self.inner = inner
+            self.activation_qspec = activation_qspec
+            self.fixed = 0
+
+        def transform_for_annotation(self, model):
+            return self.inner.transform_for_annotation(model)
+
+        def annotate(self, model):
+            model = self.inner.annotate(model)
+            self.fixed = separate_activation_ranges(model, self.activation_qspec)
+            return model
+
+        def validate(self, model):
+            self.inner.validate(model)
+
+        def prepare_obs_or_fq_callback(self, model, edge_or_node_to_obs_or_fq):
+            self.inner.prepare_obs_or_fq_callback(model, edge_or_node_to_obs_or_fq)
+
+    return SeparatingQuantizer
+
+
+@dataclass(frozen=True)
+class QuantizedGraph:
+    """A converted PT2E graph and how it was obtained (for the artifact's details)."""
+
+    module: Any  # torch.fx.GraphModule with quantize/dequantize nodes
+    export_mode: str  # "strict" or "non-strict"
+    activation_annotations_fixed: int  # ReLU6 after conv/linear given their own observer
+    export_note: Optional[str] = None  # why the export mode differs from the one asked for
+
+    def details(self) -> dict[str, Any]:
+        """The facts a manifest records about this quantization."""
+        facts = {"export_mode": self.export_mode, "activation_annotations_fixed": self.activation_annotations_fixed}
+        return facts | ({"export_note": self.export_note} if self.export_note else {})
+
+
+def _export(module, example: tuple, *, strict: bool):
+    """torch.export with a dynamic batch; (graph module, mode used, note when strict fell back to non-strict)."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic = tuple({0: batch} for _ in example)
+    note = None
+    if strict:
+        try:
+            return torch.export.export(module, example, dynamic_shapes=dynamic, strict=True).module(), "strict", None
+        except Exception as exc:  # dynamo raises many types (data-dependent control flow, unsupported ops)
+            note = f"strict export failed, exported non-strict instead: {describe(exc)}"
+    return torch.export.export(module, example, dynamic_shapes=dynamic).module(), "non-strict", note
+
+
+def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quantize: bool, strict: bool = False,
+                    separate_relu6: bool = True) -> QuantizedGraph:
+    """Export `module` with a dynamic batch, annotate, insert observers, run the calibration set, convert.
 
     Calibration batches come in the set's batch size, hence the dynamic batch dimension here
-    even when the final artifact has a fixed batch.
+    even when the final artifact has a fixed batch. `strict` exports through dynamo, which records
+    the `source_fn_stack` some annotators match on; a model it cannot trace is exported non-strict,
+    with a note. `separate_relu6` applies `separate_activation_ranges` after the quantizer's annotation.
     """
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    dynamic = tuple({0: batch} for _ in example)
-    graph = torch.export.export(module.eval(), example, dynamic_shapes=dynamic).module()
-    prepared = prepare_pt2e(graph, quantizer)
+    graph, mode, note = _export(module.eval(), example, strict=strict)
+    separating = _separating_quantizer_class()(quantizer, quantizer.global_config.output_activation)
+    prepared = prepare_pt2e(graph, separating if separate_relu6 else quantizer)
     with torch.no_grad():
         for feeds in calibration.batches():
             prepared(*(torch.from_numpy(array) for array in feeds.values()))
     # litert-torch's converter wants explicit weight Q/DQ (fold_quantize=False); ExecuTorch wants them
     # folded (it has no out-variant for quantize_per_channel and fails to_executorch otherwise).
-    return convert_pt2e(prepared, fold_quantize=fold_quantize)
+    return QuantizedGraph(module=convert_pt2e(prepared, fold_quantize=fold_quantize), export_mode=mode,
+                          activation_annotations_fixed=separating.fixed, export_note=note)
 
 
 def example_batch(calibration, names: list[str], size: int) -> tuple:

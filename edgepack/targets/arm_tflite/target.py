@@ -4,6 +4,11 @@ No TensorFlow is involved: the float torch module is exported, annotated by lite
 `PT2EQuantizer` (symmetric int8, per-channel weights), calibrated on the recipe's calibration set,
 converted by torchao's `convert_pt2e` and lowered to a .tflite flatbuffer by `litert_torch.convert`.
 
+The float module is exported strict (through dynamo): litert-torch's add/mul/cat/pool annotators
+match on the `source_fn_stack` that only strict export records, and a non-strict export leaves every
+residual ADD float. A model strict export cannot trace is exported non-strict, with a note in the
+artifact's details; the details count the ADD/MUL ops left float either way.
+
 The converted graph has a fixed batch (`batch`, 1 by default): litert-torch could not lower `flatten`
 with a dynamic batch dimension (jax bridge: "Shapes must be 1D sequences of concrete values"), and
 resizing the input of the fixed-shape model fails inside the XNNPACK delegate. Batch 1 is the usual
@@ -59,6 +64,23 @@ def named_io_module(inner, names: list[str], nhwc_inputs: list[bool]):
 
 
 
+def float_arithmetic_ops(path: Path, names: tuple[str, ...] = ("ADD", "MUL")) -> dict[str, int]:
+    """How many of the builtin ops `names` compute in float (some input is float32), read from the flatbuffer."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    codes = {getattr(fb.BuiltinOperator, name): name for name in names}
+    counts = dict.fromkeys(names, 0)
+    for graph in model.subgraphs:
+        for operator in graph.operators:
+            code = model.operatorCodes[operator.opcodeIndex]
+            name = codes.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if name and any(index >= 0 and graph.tensors[index].type == fb.TensorType.FLOAT32
+                            for index in operator.inputs):
+                counts[name] += 1
+    return counts
+
+
 class TfliteArmTarget(Target):
     """Full-integer INT8 .tflite (int8 I/O by default) for the LiteRT interpreter on ARM CPUs."""
 
@@ -86,9 +108,9 @@ class TfliteArmTarget(Target):
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
         calibration_size = min(context.calibration.batch_size, context.calibration.num_samples)
         quantized = calibrated_pt2e(context.module, example_batch(context.calibration, names, calibration_size),
-                                    context.calibration, quantizer, fold_quantize=False)
+                                    context.calibration, quantizer, fold_quantize=False, strict=True)
         nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
-        wrapped = named_io_module(quantized, names, nhwc_inputs)
+        wrapped = named_io_module(quantized.module, names, nhwc_inputs)
         sample = {name: tensor.permute(0, 2, 3, 1).contiguous() if channel_last else tensor
                   for name, tensor, channel_last in zip(names, example_batch(context.calibration, names, options.batch),
                                                         nhwc_inputs)}
@@ -101,6 +123,7 @@ class TfliteArmTarget(Target):
             raise ExportError(f"litert-torch could not convert the quantized model: {describe(exc)}") from exc
         parameters = {name: value.detach().cpu().numpy() for name, value in context.module.state_dict().items()
                       if value.ndim == 2}
+        float_arithmetic = float_arithmetic_ops(path)
         tables = quantize_tflite_tables(path, bits=context.quantization.embedding_bits, parameters=parameters)
         if options.float_io:
             add_float_io(path)
@@ -115,7 +138,7 @@ class TfliteArmTarget(Target):
                        "padding the last)",
                        calibration_method=context.method.model_dump(), conversion_seconds=round(seconds, 1),
                        quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights",
-                       embedding_tables=tables)
+                       embedding_tables=tables, float_arithmetic_ops=float_arithmetic, **quantized.details())
         if tables:
             details["embedding_lookup"] = ("hybrid EMBEDDING_LOOKUP (int8/int4 table, float rows out); per-row "
                                            "scales make it op version 4, which the phone's LiteRT must register")

@@ -70,7 +70,7 @@ class XnnpackArmTarget(Target):
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         path = context.out_dir / "model.int8.pte"
         try:
-            program = torch.export.export(quantized, example, dynamic_shapes=tuple({0: batch} for _ in example))
+            program = torch.export.export(quantized.module, example, dynamic_shapes=tuple({0: batch} for _ in example))
             names_blob = torch.tensor(list(json.dumps({"inputs": names}).encode()), dtype=torch.uint8)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                                constant_methods={IO_METHOD: names_blob})
@@ -86,7 +86,7 @@ class XnnpackArmTarget(Target):
                        "(the runner splits larger batches)", conversion_seconds=round(seconds, 1),
                        calibration_method=context.method.model_dump(),
                        quantizer="executorch XNNPACKQuantizer, symmetric int8, per-channel weights",
-                       embedding_tables=tables)
+                       embedding_tables=tables, **quantized.details())
         if tables:
             details["embedding_kernels"] = fused_table_ops(program_out)
             details["embedding_lookup"] = ("quantized_decomposed embedding kernels outside the delegate: the "
