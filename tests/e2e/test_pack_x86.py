@@ -10,6 +10,7 @@ import torch
 
 from edgepack.bundle.check import verify_bundle
 from edgepack.bundle.files import sha256_file
+from edgepack.bundle.manifest import SCHEMA_VERSION
 from edgepack.errors import EXIT_DRIFT, EXIT_OK
 from edgepack.recipe.load import parse_recipe
 from tests.e2e.conftest import pack_example
@@ -33,7 +34,8 @@ def test_bundle_layout_and_checksums(packed):
 
 def test_manifest_records_what_an_app_developer_needs(packed):
     manifest = packed.manifest
-    assert manifest.schema_version == 2 and manifest.name == "digits" and manifest.task == "classification"
+    assert manifest.schema_version == SCHEMA_VERSION == 3
+    assert manifest.name == "digits" and manifest.task == "classification"
     source = manifest.source_model
     assert source.params > 100_000 and source.macs > source.params and source.size_bytes > 0
     assert 0.9 < source.metrics["accuracy"] <= 1.0

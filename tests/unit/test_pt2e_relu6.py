@@ -73,8 +73,8 @@ def xnnpack_quantizer():
         get_symmetric_quantization_config,
     )
 
-    return XNNPACKQuantizer().set_global(with_activation_observer(get_symmetric_quantization_config(is_per_channel=True),
-                                                                  MinMax()))
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    return XNNPACKQuantizer().set_global(with_activation_observer(config, MinMax()))
 
 
 def litert_quantizer():
