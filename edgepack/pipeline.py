@@ -161,8 +161,10 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             export_difference = _reference_onnx(loaded, recipe, evaluation, reference_path)
         with progress.step("measuring the float model"):
             source, reference_outputs = _measure_source(original, recipe, evaluation, reference_path)
-        coverage = (activation_coverage(original.module, calibration, evaluation, recipe.input_names)
-                    if original.module is not None else None)
+        coverage = None
+        if original.module is not None:
+            with progress.step("checking that calibration ranges cover the evaluation activations"):
+                coverage = activation_coverage(original.module, calibration, evaluation, recipe.input_names)
         for warning in [*float_model_warnings(recipe.task, source.metrics, evaluation),
                         *(coverage.warnings() if coverage is not None else [])]:
             progress.warn(warning)
