@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from edgepack.errors import MissingDependencyError
+from edgepack.model.tensors import as_tensors
 
 Feeds = dict[str, np.ndarray]
 
@@ -43,7 +44,7 @@ class TorchRunner:
         torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                result = self.module(*(torch.from_numpy(feeds[name]) for name in self.input_names))
+                result = self.module(*as_tensors(feeds, self.input_names))
         finally:
             torch.set_num_threads(previous)
         outputs = result if isinstance(result, (tuple, list)) else (result,)

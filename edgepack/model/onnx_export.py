@@ -11,6 +11,7 @@ import torch
 from edgepack.capture import quiet_python_output
 from edgepack.errors import ExportError, describe
 from edgepack.evaluation.runners import OrtRunner, TorchRunner
+from edgepack.model.tensors import as_tensors
 
 OPSET = 20
 ATOL = 1e-4
@@ -21,7 +22,7 @@ RTOL = 1e-3
 def export_float_onnx(module: torch.nn.Module, inputs, example: dict[str, np.ndarray], path: Path) -> Path:
     """Export `module` to a single-file fp32 ONNX model whose batch dimension is symbolic."""
     names = [spec.name for spec in inputs]
-    args = tuple(torch.from_numpy(example[name]) for name in names)
+    args = as_tensors(example, names)
     try:
         with torch.no_grad():
             module.eval()(*args)

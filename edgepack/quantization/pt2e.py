@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edgepack.errors import ExportError, describe
+from edgepack.model.tensors import as_tensors
 
 
 @lru_cache(maxsize=1)
@@ -193,7 +194,7 @@ def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quan
     prepared = prepare_pt2e(graph, separating if separate_relu6 else quantizer)
     with torch.no_grad():
         for feeds in calibration.batches():
-            prepared(*(torch.from_numpy(array) for array in feeds.values()))
+            prepared(*as_tensors(feeds, list(feeds)))
     # litert-torch's converter wants explicit weight Q/DQ (fold_quantize=False); ExecuTorch wants them
     # folded (it has no out-variant for quantize_per_channel and fails to_executorch otherwise).
     return QuantizedGraph(module=convert_pt2e(prepared, fold_quantize=fold_quantize), export_mode=mode,
@@ -202,7 +203,5 @@ def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quan
 
 def example_batch(calibration, names: list[str], size: int) -> tuple:
     """The first `size` calibration samples as torch tensors, in input order (repeated if the set is smaller)."""
-    from edgepack.model.tensors import as_tensors
-
     rows = np.resize(np.arange(calibration.num_samples), size)
     return as_tensors({name: calibration.arrays[name][rows] for name in names}, names)

@@ -23,6 +23,7 @@ import numpy as np
 from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.errors import ExportError, MissingDependencyError, describe
 from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
+from edgepack.model.tensors import as_tensors
 from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
@@ -159,8 +160,8 @@ class PteRunner:
         count = len(next(iter(feeds.values())))
         parts: list[list[np.ndarray]] = []
         for start in range(0, count, self.max_batch):
-            inputs = [self._torch.from_numpy(np.ascontiguousarray(feeds[name][start:start + self.max_batch]))
-                      for name in self.input_names]
+            chunk = {name: feeds[name][start:start + self.max_batch] for name in self.input_names}
+            inputs = list(as_tensors(chunk, self.input_names))
             outputs = self.method.execute(inputs)
             parts.append([output.numpy().astype(np.float32, copy=False) for output in outputs])
         return [np.concatenate([part[index] for part in parts]) for index in range(len(parts[0]))]
