@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,7 +146,9 @@ def test_a_target_folder_alone_over_an_impossible_budget_exits_3(golden_bundle, 
     result, report = run_script(ort_python, golden_bundle / SCRIPT, folder)
     assert result.returncode == 3, result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("FAILED"))
-    assert "top1_agreement 1 < min 1.5" in line and "accuracy_drop 0 > max -1" in line
+    # the measured values depend on the quick-trained model; the bounds are the impossible ones set above
+    assert re.search(r"top1_agreement [0-9.]+ < min 1\.5", line)
+    assert re.search(r"accuracy_drop -?[0-9.]+ > max -1", line)
     assert report["artifacts"][0]["file"] == X86_ARTIFACT and report["artifacts"][0]["passed"] is False
 
 
