@@ -72,8 +72,17 @@ def main(debug: bool, verbose: bool) -> None:
     """Turn a PyTorch model into verified deployment bundles for edge devices."""
 
 
+_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
 @main.command()
-@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("recipe", required=False, type=_FILE)
+@click.option("--model", "model_ref", metavar="PATH.py:FUNCTION",
+              help="Without RECIPE: the model factory; the recipe is inferred as `edgepack init` does.")
+@click.option("--weights", type=_FILE, help="With --model: .safetensors weights (or a state dict .pt).")
+@click.option("--calib", type=_FILE, help="With --model: calibration data (.npz, arrays named after the inputs).")
+@click.option("--eval", "eval_data", type=_FILE, help="With --model: evaluation data (.npz with labels).")
+@click.option("--labels", help="With --model: the label array (default: guessed).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Bundle directory (overrides the recipe).")
 @click.option("--target", "targets", multiple=True, help="Build only this target (repeatable; overrides the recipe).")
@@ -81,20 +90,34 @@ def main(debug: bool, verbose: bool) -> None:
 @click.option("--no-bench", is_flag=True, help="Skip the isolated-process benchmark (latency in the manifest "
               "then comes only from the in-process measurement after verification).")
 @click.option("--force", is_flag=True, help="Replace the output folder even when it is not an intact edgepack bundle.")
-@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--sign", "sign_key", type=_FILE,
               help="Sign the bundle with this ed25519 private key (see `edgepack keygen`); a passphrase comes "
               "from EDGEPACK_KEY_PASSPHRASE.")
 @_handle_errors
-def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: bool, no_bench: bool,
-         force: bool, sign_key: Path | None) -> None:
-    """Quantize, export and verify RECIPE's model for each target; write a bundle."""
-    from edgepack.recipe.load import load_recipe
+def pack(recipe: Path | None, model_ref: str | None, weights: Path | None, calib: Path | None,
+         eval_data: Path | None, labels: str | None, out: Path | None, targets: tuple[str, ...], dump_config: bool,
+         no_bench: bool, force: bool, sign_key: Path | None) -> None:
+    """Quantize, export and verify RECIPE's model for each target; write a bundle.
 
+    Without a recipe file: pack --model model.py:build --weights W --calib C.npz --eval E.npz [--target x86]."""
     _check_target_options(targets)
-    resolved = load_recipe(recipe, output=out, targets=targets)
+    if model_ref is not None:
+        resolved = _one_line_recipe(recipe, model_ref, weights, calib, eval_data, labels, out, targets)
+    else:
+        from edgepack.recipe.load import load_recipe
+
+        given = [name for name, value in (("--weights", weights), ("--calib", calib), ("--eval", eval_data),
+                                          ("--labels", labels)) if value is not None]
+        if recipe is None or given:
+            raise click.UsageError("give a RECIPE file, or --model with --weights, --calib and --eval"
+                                   + (f" ({', '.join(given)} without --model)" if given else ""))
+        resolved = load_recipe(recipe, output=out, targets=targets)
     if dump_config:
         import yaml
 
+        if model_ref is not None:
+            click.echo(f"# the recipe of `pack --model {model_ref}`: save it in {resolved.base_dir} "
+                       "(the factory is imported from the recipe's folder)")
         click.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False), nl=False)
         return
     from edgepack.cli.terminal import TerminalProgress, render_pack
@@ -106,6 +129,46 @@ def pack(recipe: Path, out: Path | None, targets: tuple[str, ...], dump_config: 
                           sign_key=key)
     render_pack(result)
     sys.exit(result.exit_code)
+
+
+def _one_line_recipe(recipe: Path | None, model_ref: str, weights: Path | None, calib: Path | None,
+                     eval_data: Path | None, labels: str | None, out: Path | None, targets: tuple[str, ...]):
+    """The recipe of `pack --model ...`, inferred and validated like one written by `edgepack init`."""
+    from edgepack.recipe.scaffold_file import recipe_from_files
+
+    missing = [name for name, value in (("--weights", weights), ("--calib", calib), ("--eval", eval_data))
+               if value is None]
+    if recipe is not None or missing:
+        raise click.UsageError("--model replaces RECIPE" if recipe is not None else
+                               f"--model needs {', '.join(missing)} (or write a recipe with `edgepack init`)")
+    assert weights is not None and calib is not None and eval_data is not None
+    return recipe_from_files(model_ref, weights, calib, eval_data, labels=labels, targets=targets, output=out)
+
+
+@main.command()
+@click.option("--model", "model_ref", required=True, metavar="PATH.py:FUNCTION",
+              help="The model factory: a function in a Python file that returns the torch.nn.Module.")
+@click.option("--weights", required=True, type=_FILE, help=".safetensors weights (or a state dict .pt).")
+@click.option("--data", required=True, type=_FILE,
+              help="Evaluation data: .npz with one array per forward argument and the labels.")
+@click.option("--calib", type=_FILE, help="Calibration data (.npz); default: a seeded split of --data, written next "
+              "to the recipe.")
+@click.option("--labels", help="Name of the label array (default: guessed).")
+@click.option("--out", type=_FILE, help="Recipe file to write (default: recipe.yaml next to the model file).")
+@click.option("--force", is_flag=True, help="Replace the recipe and split files if they exist.")
+@_handle_errors
+def init(model_ref: str, weights: Path, data: Path, calib: Path | None, labels: str | None, out: Path | None,
+         force: bool) -> None:
+    """Write a commented recipe from a model and its data, that `edgepack pack` accepts as it is."""
+    from edgepack.recipe.scaffold_file import write_scaffold
+
+    result = write_scaffold(model_ref, weights, data, calib=calib, labels=labels, out=out, force=force)
+    for path in result.data_files:
+        click.echo(f"wrote {path}")
+    click.echo(f"wrote {result.recipe}; guessed (see the comments in the file):")
+    for guess in result.guesses:
+        click.echo(f"  {guess}")
+    click.echo(f"next: edgepack pack {result.recipe}")
 
 
 @main.command()

@@ -32,16 +32,22 @@ def load_model(recipe: Recipe) -> LoadedModel:
     if source.pickle is not None:
         return LoadedModel("pickle", _load_pickle(source.pickle), None, f"pickled module {source.pickle}")
     assert source.factory is not None and source.weights is not None, "the schema requires factory and weights"
-    factory = import_object(source.factory, base_dir=recipe.base_dir, what="model factory")
+    module = build_factory_model(source.factory, source.factory_kwargs, source.weights, base_dir=recipe.base_dir)
+    return LoadedModel("factory", module, None, f"{source.factory} with weights {source.weights}")
+
+
+def build_factory_model(factory_spec: str, factory_kwargs: dict, weights: Path, *, base_dir: Path) -> torch.nn.Module:
+    """Call `module:function` (imported from `base_dir` first) and load the weights into it, in eval mode."""
+    factory = import_object(factory_spec, base_dir=base_dir, what="model factory")
     try:
-        module = factory(**source.factory_kwargs)
+        module = factory(**factory_kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"model factory '{source.factory}' raised {describe(exc)}") from exc
+        raise ModelLoadError(f"model factory '{factory_spec}' raised {describe(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"model factory '{source.factory}' returned {type(module).__name__}, "
+        raise ModelLoadError(f"model factory '{factory_spec}' returned {type(module).__name__}, "
                              "expected a torch.nn.Module")
-    _load_weights(module, source.weights)
-    return LoadedModel("factory", module.eval(), None, f"{source.factory} with weights {source.weights}")
+    _load_weights(module, weights)
+    return module.eval()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
