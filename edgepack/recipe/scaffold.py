@@ -2,68 +2,35 @@
 
 Input names come from the forward signature matched to the .npz arrays; dtypes and shapes from the
 arrays, with the first axis as the symbolic batch; id ranges from the nn.Embedding tables that read
-an input (found with forward pre-hooks on a few rows); the task from the output shape and the labels;
+an input (edgepack.recipe.scaffold_model); the task from the output shape and the labels;
 the budget from the task; the targets from the registry. Every guess carries its reason, which the
 written recipe shows as a comment (edgepack.recipe.scaffold_file).
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from edgepack.calibration.readers import read_arrays
-from edgepack.errors import ConfigError, DataError, MissingDependencyError, ModelLoadError, describe
+from edgepack.errors import ConfigError, DataError, MissingDependencyError
 from edgepack.evaluation.tasks import TASKS
 from edgepack.model.load import build_factory_model
+from edgepack.recipe.scaffold_model import PROBE_ROWS, ModelRef, forward_arguments, probe
 from edgepack.recipe.schema import DTYPES
 from edgepack.registry import get_target, target_table
 
 # Arrays with these names are labels, in this order of preference (a CTR set often has `click` and `relevance`).
 LABEL_NAMES = ("label", "labels", "y", "target", "targets", "class", "click", "clicked", "relevance", "rating")
 GROUP_WORDS = ("user", "query", "session", "customer")  # an integer input named like this identifies a group
-PROBE_ROWS = 4  # rows run through the model to see its output shape and which tables read which input
 CALIBRATION_METHOD = "minmax"  # honoured by every built-in target (the ARM targets refuse entropy)
 # For tasks without a default budget (ctr, ranking): the README's recommender budget. NDCG needs a group.
 SUGGESTED_BOUNDS = {"max_auc_drop": 0.003, "max_ndcg_relative_drop": 0.01}
 PER_GROUP_BOUNDS = ("max_ndcg_relative_drop",)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """`--model PATH.py:FUNCTION`: a factory function in a Python file."""
-
-    file: Path
-    function: str
-
-    @classmethod
-    def parse(cls, text: str) -> "ModelRef":
-        """Read PATH.py:FUNCTION; a ConfigError when malformed or the file is missing."""
-        path_text, colon, function = text.rpartition(":")
-        if not colon or not path_text.endswith(".py") or not function.isidentifier():
-            raise ConfigError(f"--model: expected PATH.py:FUNCTION (e.g. model.py:build), got {text!r}")
-        file = Path(path_text).expanduser().resolve()
-        if not file.is_file():
-            raise ConfigError(f"--model: {path_text}: file not found")
-        return cls(file, function)
-
-    def factory(self, recipe_dir: Path) -> str:
-        """The recipe's `factory`: the file as a module path from `recipe_dir`, where `pack` imports it from."""
-        try:
-            relative = self.file.with_suffix("").relative_to(recipe_dir.resolve())
-        except ValueError:
-            raise ConfigError(f"--out: the recipe must be in {self.file.parent} or a folder above it, since pack "
-                              f"imports the factory from the recipe's folder; got {recipe_dir}") from None
-        if not all(part.isidentifier() for part in relative.parts):
-            raise ConfigError(f"--model: {self.file}: '{'/'.join(relative.parts)}' is not an importable module path "
-                              "from the recipe's folder (letters, digits and _ only)")
-        return f"{'.'.join(relative.parts)}:{self.function}"
 
 
 @dataclass(frozen=True)
@@ -122,12 +89,12 @@ def infer(model: ModelRef, factory: str, weights: Path, arrays: dict[str, np.nda
 
     `calibration` arrays, when given, widen id ranges found from the data alone."""
     module = build_factory_model(factory, {}, weights, base_dir=base_dir)
-    required, optional = _forward_arguments(module, factory)
+    required, optional = forward_arguments(module, factory)
     input_names, inputs_why = _match_inputs(required, optional, arrays, labels, source, factory)
     label_name = _choose_labels(arrays, input_names, labels, source)
     specs = {name: _spec(name, arrays[name], source) for name in input_names}
-    output_shape, readers = _probe(module, {name: arrays[name][:PROBE_ROWS] for name in input_names}, specs,
-                                   factory, source)
+    output_shape, readers = probe(module, {name: arrays[name][:PROBE_ROWS] for name in input_names},
+                                  {name: spec.value["dtype"] for name, spec in specs.items()}, factory, source)
     inputs = tuple(_with_range(specs[name], arrays[name], readers[name], source,
                                None if calibration is None else calibration.get(name)) for name in input_names)
     task = _guess_task(output_shape, arrays[label_name.value], label_name.value, source)
@@ -161,24 +128,6 @@ def installed_targets() -> Guess:
     if not chosen:
         raise ConfigError(f"no target is installed here: {', '.join(skipped)}")
     return Guess(chosen, "installed here" + (f"; not: {', '.join(skipped)}" if skipped else " (edgepack targets)"))
-
-
-def _forward_arguments(module: torch.nn.Module, factory: str) -> tuple[list[str], list[str]]:
-    """(required, optional) positional arguments of `module.forward`."""
-    required: list[str] = []
-    optional: list[str] = []
-    for parameter in inspect.signature(module.forward).parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            raise ConfigError(f"{factory}: forward(*{parameter.name}) does not name its inputs; write the recipe's "
-                              "inputs by hand")
-        optional_keyword = parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is not parameter.empty
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD or optional_keyword:
-            continue
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            raise ConfigError(f"{factory}: forward needs keyword-only argument '{parameter.name}'; edgepack passes "
-                              "inputs by position")
-        (required if parameter.default is inspect.Parameter.empty else optional).append(parameter.name)
-    return required, optional
 
 
 def _is_label_name(name: str) -> bool:
@@ -241,42 +190,6 @@ def _spec(name: str, array: np.ndarray, source: Path) -> Guess:
         dtype = "float32" if array.dtype.kind == "f" else "int64"
         why = f"{array.dtype} in the data, read as {dtype}"
     return Guess({"name": name, "dtype": dtype, "shape": ["batch", *array.shape[1:]]}, why)
-
-
-Readers = dict[str, list[tuple[str, int]]]  # input name -> (embedding module name, rows) that read it directly
-
-
-def _probe(module: torch.nn.Module, rows: dict[str, np.ndarray], specs: dict[str, Guess], factory: str,
-           source: Path) -> tuple[tuple[int, ...], Readers]:
-    """The first output's shape after the batch on a few rows, and which nn.Embedding tables read each input."""
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(array.astype(specs[name].value["dtype"])))
-               for name, array in rows.items()}
-    readers: Readers = {name: [] for name in tensors}
-
-    def watch(table_name: str, table: torch.nn.Module):
-        def hook(_module: torch.nn.Module, args: tuple) -> None:
-            ids = args[0] if args else None
-            for name, tensor in tensors.items():
-                if isinstance(ids, torch.Tensor) and (ids is tensor or ids.shape == tensor.shape
-                                                      and ids.data_ptr() == tensor.data_ptr()):
-                    readers[name].append((table_name, int(getattr(table, "num_embeddings"))))
-        return hook
-
-    handles = [table.register_forward_pre_hook(watch(name, table)) for name, table in module.named_modules()
-               if isinstance(table, (torch.nn.Embedding, torch.nn.EmbeddingBag))]
-    try:
-        with torch.inference_mode():
-            result = module(*tensors.values())
-    except Exception as exc:
-        raise ModelLoadError(f"{factory}: forward on {len(next(iter(rows.values())))} rows of {source} raised "
-                             f"{describe(exc)}") from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-    output = result[0] if isinstance(result, (tuple, list)) and result else result
-    if not isinstance(output, torch.Tensor):
-        raise ModelLoadError(f"{factory}: forward returned {type(output).__name__}, expected a tensor")
-    return tuple(output.shape[1:]), readers
 
 
 def _with_range(spec: Guess, array: np.ndarray, tables: list[tuple[str, int]], source: Path,

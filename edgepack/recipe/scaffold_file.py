@@ -13,15 +13,8 @@ import yaml
 
 from edgepack.errors import ConfigError, EdgepackError
 from edgepack.recipe.load import load_recipe, parse_recipe
-from edgepack.recipe.scaffold import (
-    CALIBRATION_METHOD,
-    Guess,
-    Inference,
-    ModelRef,
-    infer,
-    installed_targets,
-    read_named_arrays,
-)
+from edgepack.recipe.scaffold import CALIBRATION_METHOD, Guess, Inference, infer, installed_targets, read_named_arrays
+from edgepack.recipe.scaffold_model import ModelRef
 from edgepack.recipe.schema import Recipe
 
 CALIBRATION_ROWS = 512  # rows split off for calibration when no --calib is given (at most a quarter of the data)
