@@ -127,7 +127,8 @@ def installed_targets() -> Guess:
         chosen.append(name)
     if not chosen:
         raise ConfigError(f"no target is installed here: {', '.join(skipped)}")
-    return Guess(chosen, "installed here" + (f"; not: {', '.join(skipped)}" if skipped else " (edgepack targets)"))
+    return Guess(chosen, f"installed here; left out: {', '.join(skipped)}" if skipped
+                 else "every registered target is installed here (edgepack targets)")
 
 
 def _is_label_name(name: str) -> bool:

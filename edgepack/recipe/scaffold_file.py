@@ -105,11 +105,12 @@ def write_scaffold(model: str, weights: Path, data: Path, *, calib: Optional[Pat
         recipe = load_recipe(staging)
         load_data(recipe)
         resolve_targets(recipe)
-    except EdgepackError as exc:
+    except BaseException as exc:
         for leftover in [staging, *written]:
             leftover.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: the written recipe does not pass pack's own checks (an edgepack bug): {exc}"
-                          ) from exc
+        if isinstance(exc, EdgepackError):
+            raise ConfigError(f"{path}: not written, it does not pass pack's own checks: {exc}") from exc
+        raise
     os.replace(staging, path)
     guesses = [f"{key}: {_shown(guess.value)} ({guess.why})" for key, guess in
                (("task", inference.task), ("labels", inference.labels), ("group_by", inference.group_by),
