@@ -49,9 +49,13 @@ from edgepack.model.load import LoadedModel, load_model
 from edgepack.model.onnx_export import check_against_torch, export_float_onnx
 from edgepack.model.tensors import as_tensors, count_macs_and_params
 from edgepack.progress import Progress, SilentProgress
-from edgepack.recipe.schema import Recipe
+from edgepack.recipe.schema import Recipe, TunedTarget
 from edgepack.registry import get_target
 from edgepack.targets.base import Artifact, ExportContext, Target
+from edgepack.text.bundle import recipe_reader, write_text_bundle
+from edgepack.tuning.apply import VariantCache
+from edgepack.tuning.record import TuningRecord
+from edgepack.tuning.run import chosen_configs, prepare_search, tune_targets
 
 REFERENCE_DIR = "reference"
 REFERENCE_FILE = "model.fp32.onnx"
@@ -115,15 +119,22 @@ def resolve_targets(recipe: Recipe) -> list[tuple[Target, BaseModel]]:
         options = target.parse_options(recipe.target_options.get(name, {}))
         target.check_available()
         target.check_recipe(recipe)
+        tuned = recipe.tuned.get(name)
+        if tuned is not None and tuned.method is not None and tuned.method.name not in target.calibration_methods:
+            raise ConfigError(f"tuned.{name}.method: target '{name}' does not support calibration method "
+                              f"'{tuned.method.name}' (supported: {', '.join(sorted(target.calibration_methods))})")
         resolved.append((target, options))
     return resolved
 
 
 def load_data(recipe: Recipe) -> tuple[SampleSet, SampleSet]:
     """Calibration and evaluation sets, validated against the input spec."""
-    calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=recipe.base_dir)
+    reader = recipe_reader(recipe)  # raw text tokenized (edgepack.text), else None: arrays as stored
+    calibration = load_sample_set(recipe.calibration, recipe.inputs, role="calibration", base_dir=recipe.base_dir,
+                                  reader=reader)
     evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=recipe.base_dir,
-                                 labels=recipe.evaluation.labels, extras=tuple(recipe.evaluation.segments))
+                                 labels=recipe.evaluation.labels, extras=tuple(recipe.evaluation.segments),
+                                 reader=reader)
     tasks.check_labels(recipe.task, evaluation, recipe.evaluation.labels)
     return calibration, evaluation
 
@@ -176,17 +187,30 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             with progress.step("saving, reloading and exporting the pruned model"):
                 student_module, student_onnx = compressed.module, stage / PRUNED_DIR / "model.fp32.onnx"
                 pruning = _pruned_outputs(compressed, recipe, evaluation, source, stage)
+        tuned, tuning = dict(recipe.tuned), {}
+        if recipe.tune.auto and targets:
+            data = prepare_search(recipe, teacher=original.module, student=student_module, student_onnx=student_onnx,
+                                  calibration=calibration, scratch=Path(scratch) / "tune", progress=progress)
+            tuning = tune_targets(recipe, targets, data, Path(scratch) / "tune", progress)
+            tuned.update(chosen_configs(tuning))
+        variants = VariantCache(student_module, student_onnx, recipe, calibration, Path(scratch) / "variants")
         results = []
         for target, options in targets:
-            results.append(_run_target(target, options, recipe, student_module, student_onnx, calibration,
+            results.append(_run_target(target, options, recipe, variants, tuned.get(target.name), calibration,
                                        evaluation, reference_outputs, stage, Path(scratch), progress))
         reference_entry = ReferenceEntry(path=f"{REFERENCE_DIR}/{REFERENCE_FILE}", sha256=sha256_file(reference_path),
                                          size_bytes=reference_path.stat().st_size, format="onnx", precision="fp32",
                                          max_abs_difference_vs_torch=export_difference)
         manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
                                   calibration=calibration, evaluation=evaluation, warnings=warnings, pruning=pruning)
+        manifest.tuned = {name: config.model_dump(mode="json", exclude_defaults=True) | (
+            {"method": config.method.model_dump()} if config.method is not None else {})
+            for name, config in tuned.items() if name in {target.name for target, _ in targets}}
+        manifest.tuning = tuning
         if coverage is not None:
             manifest.activation_coverage = ActivationCoverageEntry(**coverage.as_dict())
+        if recipe.text is not None:
+            manifest.text = write_text_bundle(stage, recipe)
         if any(item.golden for _, item in manifest.artifacts()):
             script = copy_device_script(stage)
             manifest.device_script = _file_entry(script, stage)
@@ -205,6 +229,30 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
             sign_bundle(stage, sign_key)
     return PackResult(bundle=Path(recipe.output), manifest=manifest, targets=tuple(results),
                       warnings=tuple(warnings), signed_by=fingerprint(sign_key.public_key()) if sign_key else None)
+
+
+def tune_only(recipe: Recipe, progress: Progress = SilentProgress()) -> dict[str, TuningRecord]:
+    """`edgepack tune`: the search of `tune.auto` for every target, without writing a bundle. With a `prune`
+    section the student is pruned (and distilled) first, as pack would, and the search runs on it."""
+    targets = resolve_targets(recipe)
+    with progress.step("reading calibration and evaluation data"):
+        calibration, evaluation = load_data(recipe)
+    with progress.step("loading the float model"):
+        original = load_model(recipe)
+        loaded, _ = _export_friendly(original, recipe, calibration)
+    student = loaded.module
+    if recipe.prune is not None or recipe.lowrank is not None:
+        assert loaded.module is not None, "the recipe schema refuses compression of an ONNX model"
+        student = compress(loaded.module, recipe, calibration, evaluation, progress).module
+    with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as scratch:
+        student_onnx = Path(scratch) / "student.fp32.onnx"
+        with progress.step("exporting and checking the fp32 ONNX of the model to tune"):
+            if student is None:
+                raise ConfigError("tune needs a PyTorch model (model.factory), not an ONNX file")
+            _export_checked(student, recipe, evaluation, student_onnx)
+        data = prepare_search(recipe, teacher=original.module, student=student, student_onnx=student_onnx,
+                              calibration=calibration, scratch=Path(scratch) / "tune", progress=progress)
+        return tune_targets(recipe, targets, data, Path(scratch) / "tune", progress)
 
 
 def prune_only(recipe: Recipe, progress: Progress = SilentProgress(), *, log_path: Optional[Path] = None,
@@ -312,19 +360,27 @@ def validated_on(artifact: Artifact, runner: Runner) -> ValidatedOn:
                        arithmetic=runner.arithmetic)
 
 
-def _run_target(target: Target, options, recipe: Recipe, module, float_onnx: Path, calibration: SampleSet,
-                evaluation: SampleSet, reference_outputs: np.ndarray, stage: Path, scratch: Path,
-                progress: Progress) -> TargetResult:
-    """Export, run and measure one target; an error here is recorded and the other targets go on."""
+def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache, tuned: Optional[TunedTarget],
+                calibration: SampleSet, evaluation: SampleSet, reference_outputs: np.ndarray, stage: Path,
+                scratch: Path, progress: Progress) -> TargetResult:
+    """Export, run and measure one target; an error here is recorded and the other targets go on.
+
+    `tuned` (from the recipe or the search) may change the calibration method, apply bias correction to
+    the student, and keep modules float (edgepack.tuning.apply)."""
     out_dir = stage / target.name
     out_dir.mkdir()
     scratch_dir = scratch / target.name
     scratch_dir.mkdir()
-    context = ExportContext(float_onnx=float_onnx, module=module, inputs=list(recipe.inputs),
-                            calibration=calibration, method=recipe.calibration.method,
-                            quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
-                            options=options, threads=recipe.latency.threads)
     try:
+        if tuned is not None and tuned.bias_correction:
+            with progress.step(f"{target.name}: bias correction on {recipe.tune.correction_samples} calibration "
+                               "samples"):
+                variants.corrected()
+        build = variants.build(tuned, recipe.calibration.method)
+        context = ExportContext(float_onnx=build.float_onnx, module=build.module, inputs=list(recipe.inputs),
+                                calibration=calibration, method=build.method,
+                                quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
+                                options=options, threads=recipe.latency.threads, float_modules=build.float_modules)
         with progress.step(f"{target.name}: building artifacts"):
             artifacts = target.export(context)
         results = []

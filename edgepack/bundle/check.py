@@ -20,6 +20,7 @@ from edgepack.evaluation.runners import OrtRunner
 from edgepack.isa import host_isa
 from edgepack.recipe.budget import Budget
 from edgepack.registry import get_target
+from edgepack.text.bundle import bundle_reader, verify_bundle_tokens
 
 RECORDED_ABS_TOLERANCE = 2e-3  # accuracy, agreement, AUC: a sample or two of 1,000 may flip across hosts
 RECORDED_REL_TOLERANCE = 0.05  # KL, relative L2: rounding of a different build or thread count
@@ -68,6 +69,8 @@ def verify_bundle(bundle: Path, data: Optional[Path], *, labels: Optional[str] =
                                                  for name in unlisted_files(bundle, files)]
     if problems:
         raise VerificationError(f"{bundle}: " + "; ".join(problems))
+    if manifest.text is not None:
+        verify_bundle_tokens(bundle)  # the shipped tokenizer reproduces the golden token ids
     device = (read_device_report(device_report, {entry.path: entry.sha256 for entry in files})
               if device_report is not None else None)
     if data is None:
@@ -81,7 +84,8 @@ def verify_bundle(bundle: Path, data: Optional[Path], *, labels: Optional[str] =
                                                            "samples": None, "columns": None}
                                                    | ({"labels": labels} if labels else {}))
     evaluation = load_sample_set(settings, opened.recipe.inputs, role="evaluation", base_dir=Path.cwd(),
-                                 labels=settings.labels, extras=tuple(settings.segments))
+                                 labels=settings.labels, extras=tuple(settings.segments),
+                                 reader=bundle_reader(bundle, opened.recipe))
     reference = collect_outputs(OrtRunner(bundle / manifest.reference.path, threads=threads), evaluation)
     tasks.check_class_indices(manifest.task, evaluation, settings.labels, reference)
     warnings = list(evaluation.warnings) + ([UNTRUSTED_BUDGET] if budget is None else [])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgepack.bundle.entries import (
     Bound,
@@ -26,6 +26,8 @@ from edgepack.bundle.entries import (
 )
 from edgepack.bundle.sections import BenchFigures, PruningSection
 from edgepack.calibration.methods import CalibrationMethod
+from edgepack.text.spec import TextSection
+from edgepack.tuning.record import TuningRecord
 
 SCHEMA_VERSION: Final = 3
 READABLE_SCHEMAS: Final = (2, 3)  # schema 3 added golden files, the device script and activation coverage
@@ -300,6 +302,9 @@ class Manifest(_Strict):
     library_log: Optional[LibraryLog] = None
     activation_coverage: Optional[ActivationCoverageEntry] = None
     device_script: Optional[FileEntry] = None  # verify_on_device.py: numpy + one runtime, no edgepack
+    text: Optional[TextSection] = None  # tokenizer files, spec and golden tokenized examples (text models)
+    tuned: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-target configuration applied (recipe/tune)
+    tuning: dict[str, TuningRecord] = Field(default_factory=dict)  # the searches of `tune.auto`, per target
 
     def artifacts(self) -> list[tuple[str, ArtifactEntry]]:
         """(target name, artifact) for every artifact."""
@@ -311,7 +316,8 @@ class Manifest(_Strict):
         artifacts = [item for _, item in self.artifacts()]
         golden = [entry for item in artifacts for entry in item.golden]
         script = [self.device_script] if self.device_script is not None else []
-        return [self.reference, *pruned, *artifacts, *golden, *script]
+        text = self.text.files if self.text is not None else []
+        return [self.reference, *pruned, *artifacts, *golden, *script, *text]
 
     def validation_notes(self) -> list[str]:
         """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from edgepack.calibration.readers import read_arrays, read_callable
+from edgepack.calibration.readers import Found, read_arrays, read_callable
 from edgepack.errors import DataError
 
 FEW_SAMPLES = 100
@@ -50,15 +50,16 @@ class SampleSet:
 
 
 def load_sample_set(source, inputs, *, role: str, base_dir: Path, labels: Optional[str] = None,
-                    extras: tuple[str, ...] = ()) -> SampleSet:
+                    extras: tuple[str, ...] = (), reader: Optional[Callable[..., Found]] = None) -> SampleSet:
     """Read, check and subsample data for `inputs` as described by a recipe DataSource.
 
-    `extras` are further per-sample arrays to carry along (e.g. segment ids), subsampled the same way."""
+    `extras` are further per-sample arrays to carry along (e.g. segment ids), subsampled the same way.
+    `reader` replaces `read_arrays` for data files (e.g. raw text tokenized by edgepack.text)."""
     names = [spec.name for spec in inputs]
     wanted = names + ([labels] if labels else []) + list(extras)
     if source.path is not None:
         origin = str(source.path)
-        arrays, available = read_arrays(source.path, wanted=wanted, columns=source.columns)
+        arrays, available = (reader or read_arrays)(source.path, wanted=wanted, columns=source.columns)
     else:
         origin = source.callable
         arrays, available = read_callable(source.callable, base_dir=base_dir, wanted=wanted)

@@ -89,6 +89,11 @@ def _select_columns(selection: Union[str, list[str]], available: list[str]) -> l
     return [selection] if selection in available else []
 
 
+def load_table(path: Path) -> dict[str, np.ndarray]:
+    """Every column of a .csv (numeric cells only) or .parquet table, by name."""
+    return _load_table(path)
+
+
 def _load_table(path: Path) -> dict[str, np.ndarray]:
     if path.suffix.lower() == ".csv":
         return _load_csv(path)

@@ -31,6 +31,11 @@ def load_model(recipe: Recipe) -> LoadedModel:
         return LoadedModel("onnx", None, _check_onnx(source.onnx, recipe), f"ONNX file {source.onnx}")
     if source.pickle is not None:
         return LoadedModel("pickle", _load_pickle(source.pickle), None, f"pickled module {source.pickle}")
+    if source.huggingface is not None:
+        from edgepack.text.huggingface import load_huggingface
+
+        return LoadedModel("huggingface", load_huggingface(source.huggingface), None,
+                           f"Hugging Face folder {source.huggingface} (logits only)")
     assert source.factory is not None and source.weights is not None, "the schema requires factory and weights"
     module = build_factory_model(source.factory, source.factory_kwargs, source.weights, base_dir=recipe.base_dir)
     return LoadedModel("factory", module, None, f"{source.factory} with weights {source.weights}")

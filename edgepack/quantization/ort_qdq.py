@@ -29,12 +29,50 @@ class QdqSettings:
     # 7-bit weights ([-64, 64]) on every layer whose x86 U8S8 kernel adds product pairs in int16
     # (all but depthwise convolutions): then no pair sum can saturate on any x86 CPU.
     seven_bit_weights: bool = False
+    # Op types whose outputs get no QuantizeLinear (their consumers read float): transformers keep the
+    # attention mask's -3.4e38 out of every quantized range this way (edgepack.targets.x86.transformer).
+    float_outputs_of: tuple[str, ...] = ()
+    # Torch modules (qualified names) whose Conv/Gemm/MatMul stays float with its activation (edgepack tune).
+    float_modules: tuple[str, ...] = ()
 
 
 # Below this many multiply-accumulates per output value (in_channels/groups * kh * kw) the u8s8
 # GEMM kernels cannot amortise their packing and requantization: a 1-channel 3x3 input conv ran
 # 4x slower in int8 than in fp32 here (1.64 vs 0.42 ms at batch 64).
 NARROW_REDUCTION = 16
+
+
+def _consumers(model) -> dict[str, list]:
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def _with_activation(node, consumers: dict[str, list]) -> list[str]:
+    """`node`'s name, and that of a Relu/Clip that is its only consumer (they are quantized as one)."""
+    followers = consumers.get(node.output[0], [])
+    if len(followers) == 1 and followers[0].op_type in ("Relu", "Clip"):
+        return [node.name, followers[0].name]
+    return [node.name]
+
+
+def module_nodes(model_path: Path, modules: tuple[str, ...]) -> dict[str, list[str]]:
+    """For each torch module name, the ONNX nodes that compute it: the Conv/Gemm/MatMul reading the
+    initializer `<module>.weight` (the exporter keeps parameter names), and its Relu/Clip."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    consumers = _consumers(model)
+    found: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or len(node.input) < 2:
+            continue
+        for module in modules:
+            if node.input[1] == f"{module}.weight":
+                found[module] = _with_activation(node, consumers)
+    return found
 
 
 def narrow_input_convs(model_path: Path) -> list[str]:
@@ -45,10 +83,7 @@ def narrow_input_convs(model_path: Path) -> list[str]:
     model = onnx.load(str(model_path))
     graph_inputs = {value.name for value in model.graph.input}
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(model)
     names = []
     for node in model.graph.node:
         if node.op_type != "Conv" or node.input[0] not in graph_inputs or node.input[1] not in shapes:
@@ -56,10 +91,7 @@ def narrow_input_convs(model_path: Path) -> list[str]:
         weight = shapes[node.input[1]]
         if len(weight) < 3 or int(weight[1]) * math.prod(int(d) for d in weight[2:]) >= NARROW_REDUCTION:
             continue
-        names.append(node.name)
-        followers = consumers.get(node.output[0], [])
-        if len(followers) == 1 and followers[0].op_type in ("Relu", "Clip"):
-            names.append(followers[0].name)
+        names += _with_activation(node, consumers)
     return names
 
 
@@ -101,8 +133,18 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
         float_nodes = list(float_nodes)
         if settings.keep_input_convs_float:
             float_nodes += narrow_input_convs(prepared)
+        if settings.float_modules:
+            found = module_nodes(prepared, settings.float_modules)
+            missing = [module for module in settings.float_modules if module not in found]
+            if missing:
+                raise ExportError(f"float_modules: no Conv/Gemm/MatMul with weight '<module>.weight' in the ONNX "
+                                  f"graph for {', '.join(missing)}")
+            float_nodes += [name for module in settings.float_modules for name in found[module]
+                            if name not in float_nodes]
         extra_options: dict[str, Any] = {"ActivationSymmetric": settings.symmetric_activations,
                                          "WeightSymmetric": True}
+        if settings.float_outputs_of:
+            extra_options["OpTypesToExcludeOutputQuantization"] = list(settings.float_outputs_of)
         if settings.seven_bit_weights:
             # An override without "axis" would make onnxruntime quantize that weight per tensor.
             extra_options["TensorQuantOverrides"] = {

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgepack.errors import ExportError, describe
 from edgepack.model.tensors import as_tensors
+from edgepack.quantization.integer_constants import restore_integer_constants
 
 
 @lru_cache(maxsize=1)
@@ -118,24 +119,74 @@ def separate_activation_ranges(graph, activation_qspec) -> int:
     return fixed
 
 
+FOLLOWERS = ("batch_norm", "_native_batch_norm_legit_no_training", "relu", "relu_", "hardtanh", "hardtanh_",
+             "clamp", "clamp_", "getitem")
+
+
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
+def keep_modules_float(graph, modules: tuple[str, ...]) -> dict[str, int]:
+    """Remove the quantization annotations of every node computed inside `modules` (qualified torch
+    names) and of the BatchNorm/activation chain that consumes a kept conv/linear alone, so they stay
+    float; return how many nodes each module lost. A module that matches no node is an error."""
+    import torch
+
+    def inside(path: str, module: str) -> bool:
+        return path == module or path.startswith(module + ".")
+
+    counts = dict.fromkeys(modules, 0)
+    for node in graph.graph.nodes:
+        if node.op != "call_function":
+            continue
+        owner = next((module for module in modules if inside(_module_path(node), module)), None)
+        if owner is None:
+            continue
+        chain = [node]
+        while len(chain[-1].users) == 1:
+            follower = next(iter(chain[-1].users))
+            name = getattr(follower.target, "__name__", "").split(".")[0]
+            if follower.op != "call_function" or name not in FOLLOWERS:
+                break
+            chain.append(follower)
+        for item in chain:
+            if not isinstance(item, torch.fx.Node):
+                continue
+            item.meta.pop("quantization_annotation", None)
+        counts[owner] += 1
+    missing = [module for module, count in counts.items() if count == 0]
+    if missing:
+        raise ExportError(f"float_modules: no operation of the exported model belongs to {', '.join(missing)}")
+    return counts
+
+
 @lru_cache(maxsize=1)
 def _separating_quantizer_class():
     """A Quantizer that runs another one, then `separate_activation_ranges` (built lazily: torchao is optional)."""
     from torchao.quantization.pt2e.quantizer import Quantizer
 
     class SeparatingQuantizer(Quantizer):
-        def __init__(self, inner, activation_qspec):
+        def __init__(self, inner, activation_qspec, *, separate: bool = True, float_modules: tuple[str, ...] = ()):
             super().__init__()
             self.inner = inner
             self.activation_qspec = activation_qspec
+            self.separate = separate
+            self.float_modules = float_modules
             self.fixed = 0
 
         def transform_for_annotation(self, model):
-            return self.inner.transform_for_annotation(model)
+            model = self.inner.transform_for_annotation(model)
+            restore_integer_constants(model)  # edgepack.quantization.integer_constants: index arithmetic
+            return model
 
         def annotate(self, model):
             model = self.inner.annotate(model)
-            self.fixed = separate_activation_ranges(model, self.activation_qspec)
+            if self.separate:
+                self.fixed = separate_activation_ranges(model, self.activation_qspec)
+            if self.float_modules:
+                keep_modules_float(model, self.float_modules)
             return model
 
         def validate(self, model):
@@ -178,20 +229,22 @@ def _export(module, example: tuple, *, strict: bool):
 
 
 def calibrated_pt2e(module, example: tuple, calibration, quantizer, *, fold_quantize: bool, strict: bool = False,
-                    separate_relu6: bool = True) -> QuantizedGraph:
+                    separate_relu6: bool = True, float_modules: tuple[str, ...] = ()) -> QuantizedGraph:
     """Export `module` with a dynamic batch, annotate, insert observers, run the calibration set, convert.
 
     Calibration batches come in the set's batch size, hence the dynamic batch dimension here
     even when the final artifact has a fixed batch. `strict` exports through dynamo, which records
     the `source_fn_stack` some annotators match on; a model it cannot trace is exported non-strict,
-    with a note. `separate_relu6` applies `separate_activation_ranges` after the quantizer's annotation.
+    with a note. `separate_relu6` applies `separate_activation_ranges` after the quantizer's annotation;
+    `float_modules` are then left unannotated (`keep_modules_float`), so they stay float.
     """
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph, mode, note = _export(module.eval(), example, strict=strict)
-    separating = _separating_quantizer_class()(quantizer, quantizer.global_config.output_activation)
-    prepared = prepare_pt2e(graph, separating if separate_relu6 else quantizer)
+    separating = _separating_quantizer_class()(quantizer, quantizer.global_config.output_activation,
+                                               separate=separate_relu6, float_modules=float_modules)
+    prepared = prepare_pt2e(graph, separating)
     with torch.no_grad():
         for feeds in calibration.batches():
             prepared(*as_tensors(feeds, list(feeds)))

@@ -22,6 +22,7 @@ from edgepack.errors import ConfigError
 from edgepack.evaluation.tasks import TASKS
 from edgepack.recipe.budget import Budget, MissingBudget
 from edgepack.registry import check_target_name
+from edgepack.text.spec import TEXT_INPUTS, TextConfig, text_input_specs
 
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "int8")
 
@@ -71,7 +72,8 @@ class InputSpec(_Section):
 
 
 class ModelSource(_Section):
-    """Where the float model comes from: a factory plus weights, an ONNX file, or (opt-in) a pickle."""
+    """Where the float model comes from: a factory plus weights, an ONNX file, a Hugging Face folder, or
+    (opt-in) a pickle."""
 
     factory: Optional[str] = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -79,12 +81,15 @@ class ModelSource(_Section):
     onnx: Optional[RecipePath] = None
     pickle: Optional[RecipePath] = None
     allow_pickle: bool = False
+    huggingface: Optional[RecipePath] = Field(
+        None, description="a local folder written by save_pretrained: AutoModelForSequenceClassification, read "
+                          "offline, taking input_ids and attention_mask and returning logits")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSource":
-        given = [k for k in ("factory", "onnx", "pickle") if getattr(self, k) is not None]
+        given = [k for k in ("factory", "onnx", "pickle", "huggingface") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'factory' (with 'weights'), 'onnx' or 'pickle'; got "
+            raise ValueError("give exactly one of 'factory' (with 'weights'), 'onnx', 'huggingface' or 'pickle'; got "
                              + (", ".join(given) or "none"))
         if self.factory is not None and self.weights is None:
             raise ValueError("'factory' needs 'weights' (a .safetensors file or a state dict .pt/.pth)")
@@ -204,6 +209,31 @@ class LatencyConfig(_Section):
                                "least 3 timed runs); the manifest records how many ran")
 
 
+class TunedTarget(_Section):
+    """How one target is built, as `edgepack tune` chose it: a recipe fragment that reproduces the choice
+    without searching (`tuned: {x86: {...}}`)."""
+
+    method: Optional[CalibrationMethod] = Field(None, description="calibration method for this target (default: "
+                                                "the recipe's calibration.method)")
+    bias_correction: bool = Field(False, description="sequential bias correction of Conv/Linear layers on the "
+                                  "calibration data, on the torch side, before the target quantizes")
+    float_modules: list[str] = Field(default_factory=list, description="qualified names of Conv/Linear modules "
+                                     "kept in float, each with the activation that follows it")
+
+
+class TuneConfig(_Section):
+    """How `edgepack tune` (and `pack` with `auto: true`) searches for the cheapest configuration that meets
+    the budget. It never looks at the evaluation data: candidates are scored on a held-out part of the
+    calibration data, and the rest calibrates them."""
+
+    auto: bool = Field(False, description="pack: search each quantizing target's configuration first")
+    holdout: float = Field(0.4, gt=0.0, lt=0.9, description="fraction of the calibration samples held out to "
+                           "score candidates against the float model")
+    correction_samples: int = Field(128, ge=8, description="calibration samples for bias correction")
+    max_float_layers: int = Field(8, ge=0, description="largest contiguous float region tried")
+    sensitivity_samples: int = Field(32, ge=8, description="held-out samples for per-layer sensitivity")
+
+
 class Recipe(_Section):
     """A validated recipe."""
 
@@ -221,6 +251,10 @@ class Recipe(_Section):
     prune: Optional[PruneConfig] = None
     lowrank: Optional[LowRankConfig] = None
     distill: Optional[DistillConfig] = None
+    text: Optional[TextConfig] = None  # raw text data, tokenized into input_ids and attention_mask
+    tune: TuneConfig = Field(default_factory=lambda: TuneConfig.model_validate({}))
+    tuned: dict[str, TunedTarget] = Field(default_factory=dict, description="per-target configurations chosen by "
+                                          "`edgepack tune`; written by it as a fragment to paste here")
     output: Optional[Path] = None  # relative to the working directory, like --out
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -246,13 +280,40 @@ class Recipe(_Section):
                     else default.model_dump(exclude_defaults=True)}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_inputs(cls, data: Any) -> Any:
+        """With a `text` section and no `inputs`, the inputs are the tokenizer's: int64 [batch, max_length]."""
+        if isinstance(data, dict) and isinstance(data.get("text"), dict) and "inputs" not in data:
+            try:
+                max_length = TextConfig.model_validate(data["text"]).max_length
+            except ValueError:
+                return data  # the field's own validation reports it
+            data = {**data, "inputs": text_input_specs(max_length)}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         if self.distill is not None and self.prune is None and self.lowrank is None:
             raise ValueError("'distill' recovers accuracy after compression: it needs 'prune' or 'lowrank'")
         if (self.prune is not None or self.lowrank is not None) and self.model.onnx is not None:
             raise ValueError("'prune' and 'lowrank' need a PyTorch model (factory or pickle), not an ONNX file")
-        for target_name in self.target_options:
+        torch_only = [f"tuned.{name}" for name, entry in self.tuned.items()
+                      if entry.bias_correction or entry.float_modules]
+        if self.model.onnx is not None and (self.tune.auto or torch_only):
+            raise ValueError(f"{'tune.auto' if self.tune.auto else torch_only[0]} works on the PyTorch module (bias "
+                             "correction, sensitivity, float modules): it needs model.factory, not an ONNX file")
+        if (self.prune is not None or self.lowrank is not None) and self.model.huggingface is not None:
+            raise ValueError("'prune' and 'lowrank' of a Hugging Face model are not supported yet (issue 14)")
+        if self.text is not None:
+            if self.model.huggingface is None and self.text.tokenizer is None:
+                raise ValueError("'text' needs a tokenizer: text.tokenizer (a folder with tokenizer.json) or "
+                                 "model.huggingface")
+            expected = text_input_specs(self.text.max_length)
+            if [spec.model_dump(exclude_defaults=True) for spec in self.inputs] != expected:
+                raise ValueError(f"with 'text', inputs must be {list(TEXT_INPUTS)} int64 [batch, "
+                                 f"{self.text.max_length}] (or leave 'inputs' out)")
+        for target_name in [*self.target_options, *self.tuned]:
             check_target_name(target_name)
         names = [spec.name for spec in self.inputs]
         if len(set(names)) != len(names):

@@ -24,6 +24,7 @@ from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.errors import ExportError, MissingDependencyError, describe
 from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.model.tensors import as_tensors
+from edgepack.quantization.transformer_int8 import additive_mask_constant
 from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
@@ -59,14 +60,19 @@ class XnnpackArmTarget(Target):
 
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()
-        config = with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
+        # A transformer's additive attention mask (-3.4e38) would flatten every static activation range it
+        # enters: its linear layers are quantized dynamically instead (edgepack.quantization.transformer_int8).
+        mask_value = additive_mask_constant(context.float_onnx)
+        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) if mask_value is not None \
+            else with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
         quantizer = XNNPACKQuantizer().set_global(config)
         size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
         example = example_batch(context.calibration, names, size)
         # Tables first, on the eager module (see edgepack.targets.arm_xnnpack.tables); the static quantizer
         # leaves them alone.
         module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
-        quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True)
+        quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True,
+                                    float_modules=context.float_modules)
         # A batch of 1 in the example would specialise the batch dimension; size >= 2 keeps it symbolic.
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         path = context.out_dir / "model.int8.pte"
@@ -86,7 +92,9 @@ class XnnpackArmTarget(Target):
         details.update(layout="as exported (NCHW for images)", batch=f"dynamic, 1..{MAX_BATCH} per call "
                        "(the runner splits larger batches)", conversion_seconds=round(seconds, 1),
                        calibration_method=context.method.model_dump(),
-                       quantizer="executorch XNNPACKQuantizer, symmetric int8, per-channel weights",
+                       quantizer="executorch XNNPACKQuantizer, symmetric int8, per-channel weights"
+                       + (", dynamic activations on linear layers (a transformer: the attention mask constant "
+                          f"{mask_value:.3g} stays out of every quantized range)" if mask_value is not None else ""),
                        embedding_tables=tables, **quantized.details())
         if tables:
             details["embedding_kernels"] = fused_table_ops(program_out)

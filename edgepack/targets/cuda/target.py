@@ -8,6 +8,7 @@ provider it was measured on; no GPU figure is reported unless it was measured on
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import cast
 
@@ -19,6 +20,7 @@ from edgepack.evaluation.runners import OrtRunner
 from edgepack.model.onnx_export import strip_debug_info
 from edgepack.model.onnx_inspect import describe_onnx, onnx_summary
 from edgepack.quantization.ort_qdq import QdqSettings, quantize_qdq
+from edgepack.quantization.transformer_int8 import additive_mask_constant
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -64,12 +66,19 @@ class CudaTarget(Target):
             int8_path = context.out_dir / "model.int8.qdq.onnx"
             settings = QdqSettings(activation_type="int8", weight_type="int8", per_channel=True,
                                    symmetric_activations=True, keep_input_convs_float=False,
-                                   embedding_bits=None)
+                                   embedding_bits=None, float_modules=context.float_modules)
+            mask_value = additive_mask_constant(context.float_onnx)
+            extra = {"calibration_method": context.method.model_dump()}
+            if mask_value is not None:  # a transformer: keep the attention mask out of every quantized range
+                settings = dataclasses.replace(settings, op_types=("MatMul", "Gemm"),
+                                               float_outputs_of=("MatMul", "Gemm"))
+                extra["transformer"] = {"attention_mask_constant": mask_value, "quantized": "MatMul/Gemm inputs "
+                                        "only; their outputs, the mask, softmax and LayerNorm stay float"}
             quantize_qdq(context.float_onnx, int8_path, calibration=context.calibration,
                          input_names=[spec.name for spec in context.inputs], method=context.method,
                          settings=settings, scratch=context.scratch_dir)
             artifacts.append(self._artifact(int8_path, "int8-qdq-symmetric", onnxruntime.__version__, validation,
-                                            compact, {"calibration_method": context.method.model_dump()}))
+                                            compact, extra))
         return artifacts
 
     def _artifact(self, path: Path, precision: str, version: str, validation: str, compact_names: bool,

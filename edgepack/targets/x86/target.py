@@ -26,8 +26,10 @@ from edgepack.model.onnx_export import strip_debug_info
 from edgepack.model.onnx_inspect import describe_onnx, onnx_summary
 from edgepack.quantization.ort_qdq import QdqSettings, quantize_qdq
 from edgepack.quantization.saturation import data_check, integer_layers, summarize, weight_bound
+from edgepack.quantization.transformer_int8 import additive_mask_constant
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 from edgepack.targets.x86.portable import SCHEMES, portable_int8, scheme_settings
+from edgepack.targets.x86.transformer import export_transformer
 
 REQUIRES_KEY = "edgepack.requires_isa"
 VNNI_REQUIREMENT = sorted(INT32_DOT_PRODUCT)
@@ -73,11 +75,17 @@ class X86Target(Target):
         import onnxruntime
 
         path = context.out_dir / "model.int8.onnx"
+        mask_value = additive_mask_constant(context.float_onnx)
+        if mask_value is not None:  # a transformer's attention mask: edgepack.targets.x86.transformer
+            return [Artifact(target=self.name, path=path, format="onnx", precision="int8-transformer",
+                             runtime="onnxruntime", runtime_version=onnxruntime.__version__,
+                             details=export_transformer(context, path, mask_value))]
         base = QdqSettings(activation_type=context.quantization.activation_type,
                            per_channel=context.quantization.per_channel,
                            keep_input_convs_float=context.quantization.keep_input_convs_float,
                            embedding_bits=context.quantization.embedding_bits,
-                           op_types=tuple(context.quantization.op_types or ()) or None)
+                           op_types=tuple(context.quantization.op_types or ()) or None,
+                           float_modules=context.float_modules)
         outcomes = {}
 
         def quantize(scheme: str, destination: Path) -> None:

@@ -1,0 +1,49 @@
+"""A sequence classifier from a local Hugging Face folder, wrapped to take `input_ids` and
+`attention_mask` and return logits only (what every exporter and runner here expects)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from edgepack.errors import MissingDependencyError, ModelLoadError, describe
+
+
+class LogitsOnly(torch.nn.Module):
+    """forward(input_ids, attention_mask) -> logits [batch, classes] of a transformers classifier.
+
+    `num_heads` and `hidden_size` come from the model's config: the x86 target's attention fusion
+    needs them."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        config = model.config
+        self.num_heads = int(getattr(config, "num_attention_heads", 0) or 0)
+        self.hidden_size = int(getattr(config, "hidden_size", 0) or 0)
+        self.model_type = str(getattr(config, "model_type", ""))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the wrapped model."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def load_huggingface(folder: Path) -> LogitsOnly:
+    """AutoModelForSequenceClassification from `folder`, offline, eager attention (exportable everywhere)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: model.huggingface must be a folder with config.json and weights")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder}: no config.json; expected a folder written by save_pretrained")
+    try:
+        from transformers import AutoModelForSequenceClassification
+    except ImportError as exc:
+        raise MissingDependencyError("loading a Hugging Face model", "transformers", "text") from exc
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), local_files_only=True, attn_implementation="eager", use_safetensors=True)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for broken folders
+        raise ModelLoadError(f"{folder}: cannot load a sequence classifier: {describe(exc)}") from exc
+    return LogitsOnly(model.eval()).eval()
