@@ -27,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgepack.bundle.manifest import ArtifactEntry
 from edgepack.errors import ExportError, describe
 from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
+from edgepack.quantization.transformer_int8 import additive_mask_constant
 from edgepack.targets.arm_tflite.flatbuffer import add_float_io
+from edgepack.targets.arm_tflite.lookup_tables import dequantize_asymmetric_lookup_tables
 from edgepack.targets.arm_tflite.runner import TfliteRunner, describe_tflite, runtime_info
 from edgepack.targets.arm_tflite.tables import quantize_tflite_tables
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
@@ -103,12 +105,18 @@ class TfliteArmTarget(Target):
         options = cast(TfliteOptions, context.options)
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()
-        config = with_activation_observer(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True),
-                                          context.method)
+        # A transformer's additive attention mask (-3.4e38) would flatten every static activation range it
+        # enters: dynamic-range INT8 instead (int8 weights, activations quantized per call inside the kernels).
+        mask_value = additive_mask_constant(context.float_onnx)
+        config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) \
+            if mask_value is not None else \
+            with_activation_observer(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True),
+                                     context.method)
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
         calibration_size = min(context.calibration.batch_size, context.calibration.num_samples)
         quantized = calibrated_pt2e(context.module, example_batch(context.calibration, names, calibration_size),
-                                    context.calibration, quantizer, fold_quantize=False, strict=True)
+                                    context.calibration, quantizer, fold_quantize=False, strict=True,
+                                    float_modules=context.float_modules)
         nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
         wrapped = named_io_module(quantized.module, names, nhwc_inputs)
         sample = {name: tensor.permute(0, 2, 3, 1).contiguous() if channel_last else tensor
@@ -124,6 +132,7 @@ class TfliteArmTarget(Target):
         parameters = {name: value.detach().cpu().numpy() for name, value in context.module.state_dict().items()
                       if value.ndim == 2}
         float_arithmetic = float_arithmetic_ops(path)
+        restored_tables = dequantize_asymmetric_lookup_tables(path) if mask_value is not None else []
         tables = quantize_tflite_tables(path, bits=context.quantization.embedding_bits, parameters=parameters)
         if options.float_io:
             add_float_io(path)
@@ -137,13 +146,18 @@ class TfliteArmTarget(Target):
                        batch=f"fixed batch {options.batch} (the runner feeds chunks of {options.batch}, "
                        "padding the last)",
                        calibration_method=context.method.model_dump(), conversion_seconds=round(seconds, 1),
-                       quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights",
+                       quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights"
+                       + (", dynamic-range (a transformer: the attention mask constant "
+                          f"{mask_value:.3g} stays out of every quantized range)" if mask_value is not None else ""),
                        embedding_tables=tables, float_arithmetic_ops=float_arithmetic, **quantized.details())
+        if restored_tables:
+            details["converter_tables_requantized"] = restored_tables
         if tables:
             details["embedding_lookup"] = ("hybrid EMBEDDING_LOOKUP (int8/int4 table, float rows out); per-row "
                                            "scales make it op version 4, which the phone's LiteRT must register")
         return [Artifact(target=self.name, path=path, format="tflite",
-                         precision="int8-float-io" if options.float_io else "int8-full-integer",
+                         precision="int8-dynamic-range" if mask_value is not None else
+                         "int8-float-io" if options.float_io else "int8-full-integer",
                          runtime=runtime_name, runtime_version=version, details=details)]
 
     def summarize(self, artifact: ArtifactEntry) -> Summary:
