@@ -53,7 +53,7 @@ from edgepack.recipe.schema import Recipe, TunedTarget
 from edgepack.registry import get_target
 from edgepack.targets.base import Artifact, ExportContext, Target
 from edgepack.text.bundle import recipe_reader, write_text_bundle
-from edgepack.tuning.apply import VariantCache
+from edgepack.tuning.apply import VariantCache, fragment_entry
 from edgepack.tuning.record import TuningRecord
 from edgepack.tuning.run import chosen_configs, prepare_search, tune_targets
 
@@ -203,9 +203,8 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
                                          max_abs_difference_vs_torch=export_difference)
         manifest = build_manifest(recipe, source=source, reference=reference_entry, targets=results,
                                   calibration=calibration, evaluation=evaluation, warnings=warnings, pruning=pruning)
-        manifest.tuned = {name: config.model_dump(mode="json", exclude_defaults=True) | (
-            {"method": config.method.model_dump()} if config.method is not None else {})
-            for name, config in tuned.items() if name in {target.name for target, _ in targets}}
+        manifest.tuned = {name: fragment_entry(config) for name, config in tuned.items()
+                          if name in {target.name for target, _ in targets}}
         manifest.tuning = tuning
         if coverage is not None:
             manifest.activation_coverage = ActivationCoverageEntry(**coverage.as_dict())

@@ -20,6 +20,7 @@ from edgepack.bundle.report_md import (
     trust_lines,
     validation_rows,
 )
+from edgepack.bundle.report_tuning import tuning_html
 from edgepack.evaluation import tasks
 
 STYLE = """
@@ -137,6 +138,7 @@ def render_html(manifest: Manifest) -> str:
               "</figcaption></figure>" for caption, data in _plots(manifest)]
     parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),
               "<h2>Compression</h2>", _compression(manifest)]
+    parts += tuning_html(manifest)
     checks = trust_lines(manifest)
     if checks:
         parts += ["<h2>Checks beyond drift</h2>", *[f"<p>{_e(line)}</p>" for line in checks]]

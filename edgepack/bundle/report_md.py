@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgepack.bundle.entries import Latency, batch_of
 from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Manifest, PruningSection
+from edgepack.bundle.report_tuning import tuning_markdown
 from edgepack.evaluation import tasks
 from edgepack.registry import get_target, target_table
 from edgepack.targets.base import Summary, basic_summary
@@ -61,6 +62,7 @@ def render_markdown(manifest: Manifest) -> str:
     lines += _validation_lines(manifest)
     lines += [f"\n**Warning:** {line}" for line in speed_flag_lines(manifest)]
     lines += _compression_lines(manifest)
+    lines += tuning_markdown(manifest)
     lines += _table_lines(manifest)
     if failures:
         lines += ["", "## Failures", "", *failures]

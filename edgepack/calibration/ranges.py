@@ -58,6 +58,23 @@ class SampleSetReader:
         return -(-self.sample_set.used_samples(equal_only=self.equal_only) // size)
 
 
+BATCHES_PER_COLLECT = 4
+
+
+class _Chunk:
+    """At most `size` further batches of a reader, for one collect_data call."""
+
+    def __init__(self, reader: SampleSetReader, size: int):
+        self.reader, self.left = reader, size
+
+    def get_next(self):
+        """The reader's next batch while this chunk lasts, else None."""
+        if self.left == 0:
+            return None
+        self.left -= 1
+        return self.reader.get_next()
+
+
 def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[str], method, cache_path: Path,
                    *, op_types: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Collect statistics for `model_path` on the calibration set, write the cache, return tensor ranges."""
@@ -71,7 +88,12 @@ def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[st
             calibrate_method=ort_method(method), extra_options=calibrator_options(method),
         )
         try:
-            calibrator.collect_data(SampleSetReader(sample_set, input_names, equal_only=method.needs_equal_batches))
+            # onnxruntime's histogram calibrators keep every intermediate tensor of the batches one
+            # collect_data call reads (gigabytes for a 224x224 CNN on a few hundred images); their
+            # histograms merge across calls, so the data goes in chunks of a few batches.
+            reader = SampleSetReader(sample_set, input_names, equal_only=method.needs_equal_batches)
+            for _ in range(0, len(reader), BATCHES_PER_COLLECT):
+                calibrator.collect_data(_Chunk(reader, BATCHES_PER_COLLECT))
             tensors = calibrator.compute_data()
         except Exception as exc:
             raise CalibrationError(f"{type(method).__name__} calibration failed on {sample_set.source}: "

@@ -173,6 +173,38 @@ def init(model_ref: str, weights: Path, data: Path, calib: Path | None, labels: 
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--target", "targets", multiple=True, help="Tune only this target (repeatable; overrides the recipe).")
+@click.option("--fragment", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the chosen configurations as a recipe fragment (`tuned:`) to this file.")
+@_handle_errors
+def tune(recipe: Path, targets: tuple[str, ...], fragment: Path | None) -> None:
+    """Search each target of RECIPE for the cheapest configuration that meets the budget (calibration method,
+    bias correction, a float prefix), scored on held-out calibration data; print it as a recipe fragment.
+    Exit 0 when every target met the budget, 3 when one could not."""
+    from edgepack.cli.terminal import TerminalProgress, render_tuning
+    from edgepack.errors import EXIT_DRIFT
+    from edgepack.pipeline import tune_only
+    from edgepack.recipe.load import load_recipe
+    from edgepack.tuning.run import fragment as fragment_text
+
+    _check_target_options(targets)
+    resolved = load_recipe(recipe)
+    if targets:
+        resolved = resolved.model_copy(update={"targets": list(targets)})
+    with _library_log():
+        records = tune_only(resolved, TerminalProgress())
+    render_tuning(records)
+    text = fragment_text(records)
+    if fragment is not None:
+        fragment.write_text(text)
+        click.echo(f"fragment written: {fragment} (paste it into {recipe} to build without searching)")
+    else:
+        click.echo(text, nl=False)
+    sys.exit(0 if all(record.met_budget for record in records.values()) else EXIT_DRIFT)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output directory (overrides the recipe).")
 @click.option("--force", is_flag=True, help="Replace the output folder even when it is not an intact edgepack bundle.")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from edgepack.bundle.check import BundleCheck
     from edgepack.pipeline import PackResult
     from edgepack.targets.catalog import TargetInfo
+    from edgepack.tuning.record import TuningRecord
 
 IN_PROCESS = "measured in the pack process"
 # Lines are never wrapped when output goes to a file or CI log (soft_wrap), so they stay greppable;
@@ -236,3 +237,37 @@ def render_targets(found: list[TargetInfo]) -> None:
         for option in info.options:
             described = f": {escape(option.description)}" if option.description else ""
             out.print(f"  option {option.name} (default {option.default!r}){described}")
+
+
+def render_tuning(records: dict[str, TuningRecord]) -> None:
+    """Per target: every trial in the order tried (agreement, latency, size), the choice, the sensitive layers."""
+    for name, record in records.items():
+        table = Table(title=f"tune {name}: {record.fit_samples} calibration samples fit, {record.holdout_samples} "
+                            "held out to score")
+        for column in ("#", "candidate", "top-1 agree", "rel. L2", "ms", "size MB", "s", "verdict"):
+            table.add_column(column, justify="left" if column in ("candidate", "verdict") else "right")
+        for index, trial in enumerate(record.trials):
+            metrics = trial.metrics
+            verdict = ("[red]error[/]" if trial.error else "[green]meets budget[/]" if trial.passed else "over budget")
+            if index == record.chosen:
+                verdict += " [bold]← chosen[/]"
+            table.add_row(str(index), escape(trial.label),
+                          f"{metrics['top1_agreement']:.4f}" if "top1_agreement" in metrics else "—",
+                          f"{metrics['relative_l2']:.3g}" if "relative_l2" in metrics else "—",
+                          f"{trial.latency_ms:.1f}" if trial.latency_ms is not None else "—",
+                          f"{trial.size_bytes / 1e6:.3f}" if trial.size_bytes else "—", f"{trial.seconds:.0f}",
+                          verdict)
+        out.print(table)
+        for trial in record.trials:
+            if trial.error:
+                console.print(f"[red]{escape(trial.label)} could not be built:[/] {escape(trial.error)}")
+        out.print(f"{name}: {escape(record.reason)}")
+        if record.bounds_not_checked:
+            out.print(f"{name}: not checked while tuning (needs labels in the calibration data): "
+                      f"{', '.join(record.bounds_not_checked)}; pack checks them on the evaluation data")
+        top = record.sensitivity[:5]
+        if top:
+            listed = "; ".join(f"{item.module} ({item.alone:.3g}"
+                               + (f", {', '.join(names[:2])}" if (names := item.target_names.get(name))
+                                  and names != [item.module] else "") + ")" for item in top)
+            out.print(f"{name}: most sensitive layers to weight rounding (relative output error): {escape(listed)}")

@@ -231,7 +231,7 @@ class TuneConfig(_Section):
                            "score candidates against the float model")
     correction_samples: int = Field(128, ge=8, description="calibration samples for bias correction")
     max_float_layers: int = Field(8, ge=0, description="largest contiguous float region tried")
-    sensitivity_samples: int = Field(32, ge=8, description="held-out samples for per-layer sensitivity")
+    sensitivity_samples: int = Field(16, ge=4, description="held-out samples for per-layer sensitivity")
 
 
 class Recipe(_Section):

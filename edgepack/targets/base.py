@@ -63,6 +63,7 @@ class ExportContext:
     scratch_dir: Path
     options: BaseModel = NoOptions()
     threads: int = 2  # for measurements a target makes while choosing how to build
+    float_modules: tuple[str, ...] = ()  # torch modules kept float (recipe `tuned`): Conv/Linear + activation
 
 
 class Target(ABC):

@@ -1,0 +1,233 @@
+"""The tuning search: for each target, the cheapest configuration whose artifact meets the budget.
+
+Never on the evaluation data: the calibration set is split (seeded) into a part that calibrates and
+corrects, and a held-out part that scores candidates against the float model's outputs. Candidates
+come in order of cost, each built by the target and run in its own runtime:
+1. the recipe as written, then each other calibration method the target honours;
+2. sequential bias correction (edgepack.tuning.bias_correction) with the best method so far;
+3. float fallback as one contiguous region from the input, long enough to cover the early layers that
+   weight rounding hurts most (edgepack.tuning.sensitivity): a prefix costs no extra Q/DQ pair in
+   the middle of the network, where scattered float islands made a model slower than fp32.
+The search stops at the first candidate that meets the budget. Its latency is measured like every
+other trial's; if none meets it, the best one found is reported with its figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgepack.calibration.dataset import SampleSet
+from edgepack.calibration.methods import CalibrationMethod, Percentile
+from edgepack.errors import ConfigError, EdgepackError, describe
+from edgepack.evaluation import tasks
+from edgepack.evaluation.drift import check_budget, collect_outputs
+from edgepack.evaluation.latency import make_batch, measure
+from edgepack.progress import Progress
+from edgepack.quantization.ort_qdq import module_nodes
+from edgepack.recipe.budget import BOUND_SPECS
+from edgepack.recipe.schema import Recipe, TunedTarget
+from edgepack.targets.base import ExportContext, Target
+from edgepack.tuning.apply import VariantCache, fragment_entry
+from edgepack.tuning.record import SensitivityRecord, TrialRecord, TuningRecord
+from edgepack.tuning.sensitivity import LayerSensitivity, layer_sensitivity
+
+SENSITIVE_LISTED = 10  # layers kept in the record, most sensitive first
+PREFIXES_TRIED = 4  # float prefixes tried at most per target
+
+
+def split_calibration(calibration: SampleSet, holdout: float, seed: int) -> tuple[SampleSet, SampleSet]:
+    """(fit, holdout): a seeded split of the calibration samples; the holdout scores candidates."""
+    order = np.random.default_rng(seed).permutation(calibration.num_samples)
+    count = max(1, int(round(holdout * calibration.num_samples)))
+    if count >= calibration.num_samples:
+        raise ConfigError(f"tune.holdout {holdout} leaves no calibration sample to calibrate with "
+                          f"({calibration.num_samples} samples)")
+    parts = []
+    for role, rows in (("calibration (fit)", np.sort(order[count:])),
+                       ("calibration (holdout)", np.sort(order[:count]))):
+        labels = calibration.labels[rows] if calibration.labels is not None else None
+        arrays = {name: array[rows] for name, array in calibration.arrays.items()}
+        parts.append(dataclasses.replace(calibration, role=role, arrays=arrays, labels=labels,
+                                         sha256=f"{calibration.sha256}:{role}", warnings=()))
+    return parts[0], parts[1]
+
+
+@dataclass
+class SearchData:
+    """What every target's search shares: the split, the float outputs on the holdout, the sensitivity."""
+
+    fit: SampleSet
+    holdout: SampleSet
+    reference: np.ndarray
+    variants: VariantCache
+    sensitivity: list[LayerSensitivity]
+    order: list[str]  # Conv/Linear modules in execution order
+
+
+def checkable_budget(recipe: Recipe, metrics: dict) -> tuple[dict, list[str]]:
+    """The budget bounds whose metric the holdout measures, and the names of those it cannot (no labels)."""
+    limits = recipe.budget.limits()
+    checked = {key: value for key, value in limits.items() if BOUND_SPECS[key].metric in metrics}
+    return checked, sorted(set(limits) - set(checked))
+
+
+def methods_to_try(target: Target, recipe: Recipe) -> list[CalibrationMethod]:
+    """The recipe's calibration method first, then percentile 99.99 where the target honours it."""
+    methods: list[CalibrationMethod] = [recipe.calibration.method]
+    candidate = Percentile(percentile=99.99)
+    if "percentile" in target.calibration_methods and candidate != recipe.calibration.method:
+        methods.append(candidate)
+    return methods
+
+
+def prefix_lengths(data: SearchData, limit: int) -> list[int]:
+    """Float prefix lengths worth trying: each ends just after one of the most sensitive early layers."""
+    early = [item for item in data.sensitivity if item.position < limit]
+    ranked = sorted(early, key=lambda item: item.alone, reverse=True)[:PREFIXES_TRIED]
+    return sorted({item.position + 1 for item in ranked})
+
+
+class Search:
+    """The search for one target."""
+
+    def __init__(self, target: Target, options, recipe: Recipe, data: SearchData, scratch: Path, progress: Progress):
+        self.target, self.options, self.recipe, self.data = target, options, recipe, data
+        self.scratch, self.progress = scratch, progress
+        self.trials: list[TrialRecord] = []
+
+    def run(self) -> TuningRecord:
+        """Try candidates in order of cost until one meets the budget."""
+        methods = methods_to_try(self.target, self.recipe)
+        best = None
+        for method in methods:
+            trial = self._trial(_tuned(method), _method_label(method))
+            best = self._better(best, trial)
+            if best.passed:
+                return self._record()
+        assert best is not None
+        method = TunedTarget.model_validate(best.config).method or self.recipe.calibration.method
+        corrected = self._trial(_tuned(method, bias_correction=True), f"{_method_label(method)}, bias correction")
+        if corrected.passed:
+            return self._record()
+        use_correction = corrected.error is None and _agreement(corrected) >= _agreement(best)
+        for length in prefix_lengths(self.data, self.recipe.tune.max_float_layers):
+            modules = self.data.order[:length]
+            trial = self._trial(_tuned(method, bias_correction=use_correction, float_modules=modules),
+                                f"{_method_label(method)}, {'bias correction, ' if use_correction else ''}"
+                                f"first {length} layer(s) float")
+            if trial.passed:
+                break
+        return self._record()
+
+    def _trial(self, tuned: TunedTarget, label: str) -> TrialRecord:
+        started = time.perf_counter()
+        folder = self.scratch / f"trial{len(self.trials)}"
+        (folder / "out").mkdir(parents=True)
+        (folder / "work").mkdir()
+        with self.progress.step(f"{self.target.name}: trying {label}"):
+            try:
+                trial = self._build_and_run(tuned, label, folder)
+            except EdgepackError as exc:
+                trial = TrialRecord(label=label, config=fragment_entry(tuned), passed=False, error=str(exc))
+            except Exception as exc:  # a candidate the toolchain cannot build is a result, not a crash
+                trial = TrialRecord(label=label, config=fragment_entry(tuned), passed=False, error=describe(exc))
+        trial.seconds = round(time.perf_counter() - started, 2)
+        self.trials.append(trial)
+        return trial
+
+    def _build_and_run(self, tuned: TunedTarget, label: str, folder: Path) -> TrialRecord:
+        build = self.data.variants.build(tuned, self.recipe.calibration.method)
+        context = ExportContext(float_onnx=build.float_onnx, module=build.module, inputs=list(self.recipe.inputs),
+                                calibration=self.data.fit, method=build.method, quantization=self.recipe.quantization,
+                                out_dir=folder / "out", scratch_dir=folder / "work", options=self.options,
+                                threads=self.recipe.latency.threads, float_modules=build.float_modules)
+        artifacts = self.target.export(context)
+        failures, metrics, latency, size = [], {}, None, 0
+        task = tasks.kind(self.recipe.task)
+        for artifact in artifacts:
+            runner = self.target.runner(artifact.path, threads=self.recipe.latency.threads)
+            outputs = collect_outputs(runner, self.data.holdout)
+            measured = task.drift_metrics(self.data.reference, outputs, self.data.holdout, self.recipe.evaluation)
+            budget, _ = checkable_budget(self.recipe, measured)
+            report = check_budget(measured, budget)
+            failures += [f"{artifact.path.name}: {check.describe()}" for check in report.failures]
+            size += artifact.path.stat().st_size
+            if artifact is artifacts[-1] or "int8" in artifact.precision:
+                metrics = {key: float(value) for key, value in measured.items() if isinstance(value, (int, float))}
+                batch = make_batch(self.data.holdout.arrays, self.recipe.latency.batch_size)
+                latency = measure(runner, batch, warmup=1, repeats=5, max_seconds=5.0).median_ms
+                if "int8" in artifact.precision:
+                    break
+        return TrialRecord(label=label, config=fragment_entry(tuned), passed=not failures, metrics=metrics,
+                           failures=failures, latency_ms=latency, latency_batch=self.recipe.latency.batch_size,
+                           size_bytes=size)
+
+    @staticmethod
+    def _better(best: Optional[TrialRecord], trial: TrialRecord) -> TrialRecord:
+        if best is None or best.error is not None:
+            return trial
+        return trial if trial.error is None and _agreement(trial) > _agreement(best) else best
+
+    def _record(self) -> TuningRecord:
+        passing = [index for index, trial in enumerate(self.trials) if trial.passed]
+        chosen: Optional[int]
+        if passing:
+            chosen = passing[0]
+            reason = (f"the first candidate in order of cost that meets the budget on "
+                      f"{self.data.holdout.num_samples} held-out calibration samples: {self.trials[chosen].label}")
+        else:
+            built = [index for index, trial in enumerate(self.trials) if trial.error is None]
+            chosen = max(built, key=lambda index: _agreement(self.trials[index])) if built else None
+            reason = (f"no candidate meets the budget; the closest is kept: {self.trials[chosen].label}"
+                      if chosen is not None else "no candidate could be built")
+        sample_metrics = next((trial.metrics for trial in self.trials if trial.metrics), {})
+        checked, not_checked = checkable_budget(self.recipe, sample_metrics)
+        variants = self.data.variants
+        corrections = sorted(variants.correction_layers(), key=lambda item: -item["max_shift"])[:SENSITIVE_LISTED]
+        return TuningRecord(target=self.target.name, met_budget=bool(passing), chosen=chosen, reason=reason,
+                            trials=self.trials, fit_samples=self.data.fit.num_samples,
+                            holdout_samples=self.data.holdout.num_samples, bounds_checked=sorted(checked),
+                            bounds_not_checked=not_checked, sensitivity=self._sensitivity(),
+                            bias_correction=corrections)
+
+    def _sensitivity(self) -> list[SensitivityRecord]:
+        ranked = sorted(self.data.sensitivity, key=lambda item: item.alone, reverse=True)[:SENSITIVE_LISTED]
+        names = _target_names(self.target, self.data.variants.float_onnx, [item.module for item in ranked])
+        return [SensitivityRecord(module=item.module, position=item.position, alone=item.alone,
+                                  left_out=item.left_out, target_names={self.target.name: names.get(item.module, [])})
+                for item in ranked]
+
+
+def _target_names(target: Target, float_onnx: Path, modules: list[str]) -> dict[str, list[str]]:
+    """The nodes that compute each module in the target's graph: ONNX node names for ONNX targets; for PT2E
+    targets the module's qualified name is itself the key their exclusion uses."""
+    if "onnxruntime" in target.required_modules:
+        return module_nodes(float_onnx, tuple(modules))
+    return {module: [module] for module in modules}
+
+
+def _agreement(trial: TrialRecord) -> float:
+    return trial.metrics.get("top1_agreement", -trial.metrics.get("relative_l2", float("inf")))
+
+
+def _method_label(method: CalibrationMethod) -> str:
+    return f"{method.name} {method.percentile}" if isinstance(method, Percentile) else method.name
+
+
+def _tuned(method: CalibrationMethod, *, bias_correction: bool = False,
+           float_modules: Optional[list[str]] = None) -> TunedTarget:
+    return TunedTarget.model_validate({"method": method.model_dump(), "bias_correction": bias_correction,
+                                       "float_modules": float_modules or []})
+
+
+def sensitivity_for(module, holdout: SampleSet, recipe: Recipe) -> list[LayerSensitivity]:
+    """Per-layer sensitivity on the first `tune.sensitivity_samples` held-out samples."""
+    count = min(recipe.tune.sensitivity_samples, holdout.num_samples)
+    arrays = {name: holdout.arrays[name][:count] for name in recipe.input_names}
+    return layer_sensitivity(module, arrays, recipe.input_names, per_channel=recipe.quantization.per_channel)
