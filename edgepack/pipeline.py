@@ -33,9 +33,10 @@ from edgepack.compression.compress import CompressionResult, compress, compressi
 from edgepack.device.golden import artifact_inputs, copy_device_script, write_golden
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError, describe
 from edgepack.evaluation import tasks
+from edgepack.evaluation.divergence import DivergenceRecord, onnx_divergence
 from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.latency import measure_batches
-from edgepack.evaluation.runners import OrtRunner, Runner, TorchRunner
+from edgepack.evaluation.runners import FAKE_QUANT_DEVICE, OrtRunner, Runner, TorchRunner
 from edgepack.evaluation.sanity import (
     activation_coverage,
     calibration_warnings,
@@ -74,6 +75,7 @@ class ArtifactResult:
     latency: Latency
     validated_on: ValidatedOn
     golden: tuple[FileEntry, ...] = ()
+    divergence: Optional[DivergenceRecord] = None  # where a failing ONNX artifact's error starts
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ def pack(recipe: Recipe, progress: Progress = SilentProgress(), *, bench: bool =
         manifest.tuned = {name: fragment_entry(config) for name, config in tuned.items()
                           if name in {target.name for target, _ in targets}}
         manifest.tuning = tuning
+        manifest.divergence = {item.relative_path: item.divergence for result in results for item in result.artifacts
+                               if item.divergence is not None}
         if coverage is not None:
             manifest.activation_coverage = ActivationCoverageEntry(**coverage.as_dict())
         if recipe.text is not None:
@@ -392,10 +396,14 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
                 drift = check_budget(metrics, recipe.budget.model_dump())
                 latency = measure_batches(runner, evaluation.arrays, recipe.latency)
                 golden = _golden_files(artifact, recipe, evaluation, outputs, reference_outputs, stage)
+            divergence = None
+            if not drift.passed and artifact.format == "onnx" and "int8" in artifact.precision:
+                with progress.step(f"{target.name}: localizing where {artifact.path.name} diverges"):
+                    divergence = _localize(build.float_onnx, artifact, runner, evaluation, recipe, stage)
             results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),
                                           sha256=sha256_file(artifact.path), size_bytes=artifact.path.stat().st_size,
                                           drift=drift, latency=latency, validated_on=validated_on(artifact, runner),
-                                          golden=golden))
+                                          golden=golden, divergence=divergence))
         return TargetResult(name=target.name, artifacts=tuple(results))
     except EdgepackError as exc:
         progress.warn(f"target '{target.name}' failed: {exc}")
@@ -403,6 +411,23 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
     except Exception as exc:  # one broken target must not hide the others' results
         progress.warn(f"target '{target.name}' failed: {describe(exc)}")
         return TargetResult(name=target.name, error=describe(exc))
+
+
+DIVERGENCE_SAMPLES = 16
+
+
+def _localize(float_onnx: Path, artifact: Artifact, runner: Runner, evaluation: SampleSet, recipe: Recipe,
+              stage: Path) -> DivergenceRecord:
+    """First-divergence localization of a failing ONNX artifact on a few evaluation samples; a model it
+    cannot pair layer by layer gets a record that says why instead of failing the target."""
+    feeds = {name: array[:DIVERGENCE_SAMPLES] for name, array in evaluation.arrays.items()}
+    label = str(artifact.path.relative_to(stage))
+    try:
+        return onnx_divergence(float_onnx, artifact.path, feeds, threads=recipe.latency.threads,
+                               fake_quant=FAKE_QUANT_DEVICE in runner.device, label=label)
+    except Exception as exc:  # a diagnosis must not turn a drift failure into an error
+        return DivergenceRecord(artifact=label, samples=DIVERGENCE_SAMPLES, layers=[],
+                                note=f"not localized: {describe(exc)}")
 
 
 def _file_entry(path: Path, stage: Path) -> FileEntry:

@@ -26,6 +26,7 @@ from edgepack.bundle.entries import (
 )
 from edgepack.bundle.sections import BenchFigures, PruningSection
 from edgepack.calibration.methods import CalibrationMethod
+from edgepack.evaluation.divergence import DivergenceRecord
 from edgepack.text.spec import TextSection
 from edgepack.tuning.record import TuningRecord
 
@@ -305,6 +306,7 @@ class Manifest(_Strict):
     text: Optional[TextSection] = None  # tokenizer files, spec and golden tokenized examples (text models)
     tuned: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-target configuration applied (recipe/tune)
     tuning: dict[str, TuningRecord] = Field(default_factory=dict)  # the searches of `tune.auto`, per target
+    divergence: dict[str, DivergenceRecord] = Field(default_factory=dict)  # failing ONNX artifacts, by path
 
     def artifacts(self) -> list[tuple[str, ArtifactEntry]]:
         """(target name, artifact) for every artifact."""

@@ -9,6 +9,7 @@ from typing import Optional
 
 from edgepack.bundle.entries import Number
 from edgepack.bundle.manifest import BenchFigures, Manifest
+from edgepack.bundle.report_divergence import divergence_html
 from edgepack.bundle.report_md import (
     EMBEDDING_HEADERS,
     SUMMARY_HEADERS,
@@ -138,6 +139,7 @@ def render_html(manifest: Manifest) -> str:
               "</figcaption></figure>" for caption, data in _plots(manifest)]
     parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),
               "<h2>Compression</h2>", _compression(manifest)]
+    parts += divergence_html(manifest)
     parts += tuning_html(manifest)
     checks = trust_lines(manifest)
     if checks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgepack.bundle.entries import Latency, batch_of
 from edgepack.bundle.manifest import ArtifactEntry, BenchFigures, Manifest, PruningSection
+from edgepack.bundle.report_divergence import divergence_line
 from edgepack.bundle.report_tuning import tuning_markdown
 from edgepack.evaluation import tasks
 from edgepack.registry import get_target, target_table
@@ -62,6 +63,9 @@ def render_markdown(manifest: Manifest) -> str:
     lines += _validation_lines(manifest)
     lines += [f"\n**Warning:** {line}" for line in speed_flag_lines(manifest)]
     lines += _compression_lines(manifest)
+    if manifest.divergence:
+        lines += ["", "## Where the error starts", "", *[f"- {divergence_line(record)}"
+                                                         for record in manifest.divergence.values()]]
     lines += tuning_markdown(manifest)
     lines += _table_lines(manifest)
     if failures:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 from edgepack.bundle.manifest import Manifest
+from edgepack.bundle.plots import axes_png
 from edgepack.tuning.record import TrialRecord, TuningRecord
 
 HEADERS = ["#", "candidate", "top-1 agree", "rel. L2", "ms", "size MB", "verdict"]
@@ -43,31 +44,23 @@ def summary_lines(name: str, record: TuningRecord) -> list[str]:
 
 def pareto_png(name: str, record: TuningRecord) -> str:
     """Base64 PNG: latency against top-1 agreement (or -relative L2) of every built trial, chosen marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from edgepack.bundle.report_html import _png
-
     built = [(index, trial, trial.latency_ms) for index, trial in enumerate(record.trials)
              if trial.error is None and trial.latency_ms is not None]
     use_agreement = all("top1_agreement" in trial.metrics for _, trial, _ in built)
-    figure, axes = plt.subplots(figsize=(5.2, 3.6))
-    for index, trial, latency in built:
-        y = trial.metrics["top1_agreement"] if use_agreement else trial.metrics.get("relative_l2", float("nan"))
-        chosen = index == record.chosen
-        axes.scatter([latency], [y], s=110 if chosen else 50, marker="*" if chosen else "o",
-                     color="#17702a" if trial.passed else "#b00020", zorder=3)
-        axes.annotate(str(index) + (" chosen" if chosen else ""), (latency, y), fontsize=7,
-                      xytext=(4, 3), textcoords="offset points")
-    axes.set_xlabel(f"median latency at batch {record.trials[0].latency_batch if record.trials else '?'} (ms)")
-    axes.set_ylabel("top-1 agreement (held-out calibration)" if use_agreement else "relative L2 of outputs")
-    axes.grid(alpha=0.3)
-    axes.set_title(f"{name}: candidates tried (green meets the budget)")
-    data = _png(figure)
-    plt.close(figure)
-    return data
+
+    def draw(axes) -> None:
+        for index, trial, latency in built:
+            y = trial.metrics["top1_agreement"] if use_agreement else trial.metrics.get("relative_l2", float("nan"))
+            chosen = index == record.chosen
+            axes.scatter([latency], [y], s=110 if chosen else 50, marker="*" if chosen else "o",
+                         color="#17702a" if trial.passed else "#b00020", zorder=3)
+            axes.annotate(str(index) + (" chosen" if chosen else ""), (latency, y), fontsize=7,
+                          xytext=(4, 3), textcoords="offset points")
+
+    batch = record.trials[0].latency_batch if record.trials else "?"
+    return axes_png(draw, size=(5.2, 3.6), xlabel=f"median latency at batch {batch} (ms)",
+                    ylabel="top-1 agreement (held-out calibration)" if use_agreement else "relative L2 of outputs",
+                    title=f"{name}: candidates tried (green meets the budget)")
 
 
 def tuning_html(manifest: Manifest) -> list[str]:

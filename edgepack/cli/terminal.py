@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgepack.bundle.manifest import BenchFigures, Manifest, PruningSection
+from edgepack.bundle.report_divergence import divergence_line
 from edgepack.bundle.report_md import UNCHECKED, isa_lines, speed_flag_lines, validation_rows
 from edgepack.bundle.sections import BenchRow, BenchSettingsEntry
 from edgepack.device.report import summarize as device_summary
@@ -108,6 +109,8 @@ def render_pack(result: PackResult) -> None:
                 if not check.passed:
                     console.print(f"[red]drift over budget:[/] target {name} ({item.path}): {check.metric} "
                                   f"{check.value:.4g}, budget {check.bound} {check.limit:g}")
+    for record in manifest.divergence.values():
+        console.print(f"[red]where it diverges:[/] {escape(divergence_line(record))}")
     if not manifest.targets:
         out.print(f"[green]pruned model written[/]; bundle: {result.bundle}")
         return

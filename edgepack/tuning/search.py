@@ -115,7 +115,7 @@ class Search:
         corrected = self._trial(_tuned(method, bias_correction=True), f"{_method_label(method)}, bias correction")
         if corrected.passed:
             return self._record()
-        use_correction = corrected.error is None and _agreement(corrected) >= _agreement(best)
+        use_correction = corrected.error is None and _agreement(corrected) > _agreement(best)
         for length in prefix_lengths(self.data, self.recipe.tune.max_float_layers):
             modules = self.data.order[:length]
             trial = self._trial(_tuned(method, bias_correction=use_correction, float_modules=modules),
@@ -212,8 +212,9 @@ def _target_names(target: Target, float_onnx: Path, modules: list[str]) -> dict[
     return {module: [module] for module in modules}
 
 
-def _agreement(trial: TrialRecord) -> float:
-    return trial.metrics.get("top1_agreement", -trial.metrics.get("relative_l2", float("inf")))
+def _agreement(trial: TrialRecord) -> tuple[float, float]:
+    """How close a trial is to the float model: top-1 agreement first (where measured), then output L2 error."""
+    return (trial.metrics.get("top1_agreement", 0.0), -trial.metrics.get("relative_l2", float("inf")))
 
 
 def _method_label(method: CalibrationMethod) -> str:

@@ -114,7 +114,8 @@ def test_bias_correction_leaves_the_float_outputs_close():
 
 
 def test_sensitivity_ranks_the_layer_with_outlier_weights_first():
-    net = seeded(nn.Sequential, nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4)).eval()
+    net = seeded(lambda: nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                                       nn.Linear(32, 4))).eval()
     with torch.no_grad():
         # layer 2 gets one huge weight per row on an input that is always 0: it sets the rounding step,
         # so the 31 weights that matter round to a few levels
