@@ -89,3 +89,14 @@ def test_tuned_entries_are_checked_before_any_work(recipe_factory, invoke, expec
     result = invoke("pack", write(_with(recipe, tuned={"x86": {"float_modules": ["no.such.layer"]}})), "--no-bench")
     assert result.exit_code == 1
     assert "float_modules" in result.stderr and "no.such.layer" in result.stderr
+
+
+def test_a_failing_onnx_artifact_is_localized_layer_by_layer(failed_bundle):
+    bundle, _ = failed_bundle
+    manifest = Bundle.open(bundle).manifest
+    record = manifest.divergence["x86/model.int8.onnx"]
+    assert record.samples == 16 and len(record.layers) >= 5 and record.first is not None
+    assert all(layer.relative_error >= 0 for layer in record.layers)
+    assert record.layers[0].module == "0.0"  # named after the torch module that holds the weight
+    assert "the error first jumps at module" in (bundle / "report.md").read_text()
+    assert "Error per layer of x86/model.int8.onnx" in (bundle / "report.html").read_text()
