@@ -23,6 +23,7 @@ from edgepack.errors import EdgepackError, describe
 from edgepack.evaluation.latency import make_batch
 from edgepack.progress import Progress, SilentProgress
 from edgepack.recipe.schema import DataSource, LatencyConfig
+from edgepack.text.bundle import bundle_reader
 
 EAGER = "float (PyTorch eager fp32)"
 ONNX_FP32 = "float (ONNX Runtime fp32)"
@@ -54,7 +55,8 @@ def _feeds(bundle: Bundle, data: Optional[Path]) -> tuple[dict[str, np.ndarray],
     path = Path(data) if data else recipe.evaluation.path
     if path is not None and path.is_file():
         sample_set = load_sample_set(DataSource.model_validate({"path": path.resolve()}), recipe.inputs,
-                                     role="benchmark", base_dir=Path.cwd())
+                                     role="benchmark", base_dir=Path.cwd(),
+                                     reader=bundle_reader(bundle.folder, recipe))  # text: the bundle's tokenizer
         return sample_set.arrays, str(path)
     rng = np.random.default_rng(0)
     arrays = {spec.name: rng.random((256, *spec.sample_shape)).astype(spec.dtype) for spec in recipe.inputs}
@@ -68,7 +70,7 @@ def _jobs(bundle: Bundle, settings: BenchSettings,
     timing = BenchJob(kind="onnx", batches=batches, warmup=settings.warmup, repeats=settings.repeats,
                       threads=settings.threads, path=bundle.folder / manifest.reference.path)
     jobs = []
-    if manifest.source_model.kind in ("factory", "pickle"):
+    if manifest.source_model.kind in ("factory", "pickle", "huggingface"):
         jobs.append((EAGER, "baseline", dataclasses.replace(timing, kind="torch", path=None, recipe=bundle.recipe)))
     jobs.append((ONNX_FP32, "baseline", timing))
     for name, artifact in manifest.artifacts():

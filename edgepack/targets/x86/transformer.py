@@ -118,6 +118,9 @@ def export_transformer(context: ExportContext, path: Path, mask_value: float) ->
     from edgepack.model.onnx_export import strip_debug_info
     from edgepack.model.onnx_inspect import describe_onnx
 
+    if getattr(context.options, "isa", "portable") != "portable":
+        raise ExportError("target_options.x86.isa: vnni is not available for transformer encoders yet (their "
+                          "INT8 path stores portable 7-bit weights); use isa: portable")
     candidates, notes = build_candidates(context)
     if not candidates:
         raise ExportError("no transformer INT8 candidate could be built: " + "; ".join(notes))
