@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgepack.bundle.manifest import Manifest
-from edgepack.bundle.plots import axes_png
+from edgepack.bundle.plots import axes_png, escape
 from edgepack.evaluation.divergence import DivergenceRecord
 
 
@@ -40,16 +40,14 @@ def divergence_html(manifest: Manifest) -> list[str]:
     """The report.html section, empty when no artifact was localized."""
     if not manifest.divergence:
         return []
-    from edgepack.bundle.report_html import _e
-
     parts = ["<h2>Where the error starts</h2>",
              "<p class='note'>Each failing ONNX artifact against the float graph it was quantized from, layer by "
              "layer in onnxruntime (integer kernels as deployed; each layer read where its QuantizeLinear stores "
              "it).</p>"]
     for record in manifest.divergence.values():
-        parts.append(f"<p>{_e(divergence_line(record))}</p>")
+        parts.append(f"<p>{escape(divergence_line(record))}</p>")
         if record.layers:
             caption = f"Error per layer of {record.artifact}"
-            parts.append(f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{divergence_png(record)}'>"
-                         f"<figcaption>{_e(caption)}</figcaption></figure>")
+            parts.append(f"<figure><img alt='{escape(caption)}' src='data:image/png;base64,{divergence_png(record)}'>"
+                         f"<figcaption>{escape(caption)}</figcaption></figure>")
     return parts

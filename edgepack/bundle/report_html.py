@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from typing import Optional
 
 from edgepack.bundle.entries import Number
 from edgepack.bundle.manifest import BenchFigures, Manifest
+from edgepack.bundle.plots import escape as _e
+from edgepack.bundle.plots import png as _png
+from edgepack.bundle.plots import table as _table
 from edgepack.bundle.report_divergence import divergence_html
 from edgepack.bundle.report_md import (
     EMBEDDING_HEADERS,
@@ -36,29 +36,12 @@ td.l,th.l{text-align:left} .pass{color:#17702a;font-weight:600} .fail{color:#b00
 """
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
 def _verdict(passed: bool) -> str:
     return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
 
 
-def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
-    head = "".join(f'<th class="l">{_e(h)}</th>' if i < left else f"<th>{_e(h)}</th>" for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _large_key(manifest: Manifest) -> str:
     return f"batch_{manifest.latency_settings.batch_size}"
-
-
-def _png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _number(value: Optional[Number]) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 from edgepack.bundle.manifest import Manifest
-from edgepack.bundle.plots import axes_png
+from edgepack.bundle.plots import axes_png, escape, table
 from edgepack.tuning.record import TrialRecord, TuningRecord
 
 HEADERS = ["#", "candidate", "top-1 agree", "rel. L2", "ms", "size MB", "verdict"]
@@ -67,13 +67,11 @@ def tuning_html(manifest: Manifest) -> list[str]:
     """The report.html section, empty when pack did not search."""
     if not manifest.tuning:
         return []
-    from edgepack.bundle.report_html import _e, _table
-
     parts = ["<h2>Tuning</h2>"]
     for name, record in manifest.tuning.items():
-        parts.append(f"<h3>{_e(name)}</h3>")
-        parts += [f"<p class='note'>{_e(line)}</p>" for line in summary_lines(name, record)]
-        parts.append(_table(HEADERS, [[_e(cell) for cell in row] for row in trial_rows(record)], left=2))
+        parts.append(f"<h3>{escape(name)}</h3>")
+        parts += [f"<p class='note'>{escape(line)}</p>" for line in summary_lines(name, record)]
+        parts.append(table(HEADERS, [[escape(cell) for cell in row] for row in trial_rows(record)], left=2))
         caption = f"Pareto view of {name}: latency against agreement"
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,"
                      f"{pareto_png(name, record)}'><figcaption>{html.escape(caption)}</figcaption></figure>")

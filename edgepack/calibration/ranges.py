@@ -11,6 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from edgepack.calibration.dataset import SampleSet
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
 from edgepack.errors import CalibrationError, MissingDependencyError, describe
@@ -58,7 +60,29 @@ class SampleSetReader:
         return -(-self.sample_set.used_samples(equal_only=self.equal_only) // size)
 
 
-BATCHES_PER_COLLECT = 4
+COLLECT_BYTES = 1 << 30  # intermediate tensors held by one collect_data call, at most (about)
+
+
+def batches_per_collect(model_path: Path, batch_size: int) -> int:
+    """How many batches one collect_data call may read: all of them for a model whose intermediate
+    float tensors (from ONNX shape inference, batch 1) fit COLLECT_BYTES many times over, else as many
+    as fit (at least one). A model whose shapes cannot be inferred goes a batch at a time."""
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    except Exception:  # shape inference is best effort; one batch per call is always safe
+        return 1
+    per_sample = 0
+    for value in model.graph.value_info:
+        tensor = value.type.tensor_type
+        if tensor.elem_type != onnx.TensorProto.FLOAT or not tensor.shape.dim:
+            continue
+        dims = [dim.dim_value if dim.HasField("dim_value") else 1 for dim in tensor.shape.dim]
+        per_sample += 4 * max(1, int(np.prod(dims[1:])))
+    if per_sample == 0:
+        return 1
+    return max(1, COLLECT_BYTES // (per_sample * batch_size))
 
 
 class _Chunk:
@@ -89,11 +113,12 @@ def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[st
         )
         try:
             # onnxruntime's histogram calibrators keep every intermediate tensor of the batches one
-            # collect_data call reads (gigabytes for a 224x224 CNN on a few hundred images); their
-            # histograms merge across calls, so the data goes in chunks of a few batches.
+            # collect_data call reads (16 GB for MobileNetV2 on 300 crops); their histograms merge
+            # across calls, so a large model's data goes in chunks of about COLLECT_BYTES.
             reader = SampleSetReader(sample_set, input_names, equal_only=method.needs_equal_batches)
-            for _ in range(0, len(reader), BATCHES_PER_COLLECT):
-                calibrator.collect_data(_Chunk(reader, BATCHES_PER_COLLECT))
+            per_call = batches_per_collect(Path(model_path), min(sample_set.batch_size, sample_set.num_samples))
+            for _ in range(0, len(reader), per_call):
+                calibrator.collect_data(_Chunk(reader, per_call))
             tensors = calibrator.compute_data()
         except Exception as exc:
             raise CalibrationError(f"{type(method).__name__} calibration failed on {sample_set.source}: "
