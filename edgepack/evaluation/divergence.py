@@ -21,9 +21,9 @@ from onnx import helper, numpy_helper
 
 from edgepack.bundle.entries import _Strict
 from edgepack.evaluation.runners import ort_session
+from edgepack.quantization.ort_qdq import consumers_of, sole_activation
 
 COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-ACTIVATIONS = ("Relu", "Clip")
 
 
 class LayerError(_Strict):
@@ -49,20 +49,9 @@ class DivergenceRecord(_Strict):
         return self.layers[self.first] if self.first is not None else None
 
 
-def _consumers(graph) -> dict[str, list]:
-    found: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
-
-
 def _after_activation(node, consumers: dict[str, list]) -> str:
-    output = node.output[0]
-    followers = consumers.get(output, [])
-    if len(followers) == 1 and followers[0].op_type in ACTIVATIONS:
-        return followers[0].output[0]
-    return output
+    activation = sole_activation(node, consumers)
+    return (activation if activation is not None else node).output[0]
 
 
 Probe = tuple[onnx.NodeProto, str, Optional[onnx.NodeProto]]
@@ -70,7 +59,7 @@ Probe = tuple[onnx.NodeProto, str, Optional[onnx.NodeProto]]
 
 def _probe_points(model: onnx.ModelProto, *, quantized: bool) -> list[Probe]:
     """(compute node, tensor to read, QuantizeLinear node name or None) for every compute node, in order."""
-    consumers = _consumers(model.graph)
+    consumers = consumers_of(model)
     points: list[Probe] = []
     for node in model.graph.node:
         if node.op_type not in COMPUTE:

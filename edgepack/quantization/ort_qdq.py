@@ -42,7 +42,8 @@ class QdqSettings:
 NARROW_REDUCTION = 16
 
 
-def _consumers(model) -> dict[str, list]:
+def consumers_of(model) -> dict[str, list]:
+    """Tensor name -> the nodes of `model`'s graph that read it."""
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -50,12 +51,16 @@ def _consumers(model) -> dict[str, list]:
     return consumers
 
 
-def _with_activation(node, consumers: dict[str, list]) -> list[str]:
-    """`node`'s name, and that of a Relu/Clip that is its only consumer (they are quantized as one)."""
+def sole_activation(node, consumers: dict[str, list]):
+    """The Relu/Clip that is `node`'s only consumer (the quantizer treats the two as one), or None."""
     followers = consumers.get(node.output[0], [])
-    if len(followers) == 1 and followers[0].op_type in ("Relu", "Clip"):
-        return [node.name, followers[0].name]
-    return [node.name]
+    return followers[0] if len(followers) == 1 and followers[0].op_type in ("Relu", "Clip") else None
+
+
+def _with_activation(node, consumers: dict[str, list]) -> list[str]:
+    """`node`'s name, and that of its sole Relu/Clip consumer if it has one."""
+    activation = sole_activation(node, consumers)
+    return [node.name] + ([activation.name] if activation is not None else [])
 
 
 def module_nodes(model_path: Path, modules: tuple[str, ...]) -> dict[str, list[str]]:
@@ -64,7 +69,7 @@ def module_nodes(model_path: Path, modules: tuple[str, ...]) -> dict[str, list[s
     import onnx
 
     model = onnx.load(str(model_path))
-    consumers = _consumers(model)
+    consumers = consumers_of(model)
     found: dict[str, list[str]] = {}
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose") or len(node.input) < 2:
@@ -83,7 +88,7 @@ def narrow_input_convs(model_path: Path) -> list[str]:
     model = onnx.load(str(model_path))
     graph_inputs = {value.name for value in model.graph.input}
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    consumers = _consumers(model)
+    consumers = consumers_of(model)
     names = []
     for node in model.graph.node:
         if node.op_type != "Conv" or node.input[0] not in graph_inputs or node.input[1] not in shapes:

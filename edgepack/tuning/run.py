@@ -12,14 +12,12 @@ from edgepack.calibration.dataset import SampleSet
 from edgepack.errors import ConfigError
 from edgepack.evaluation.drift import collect_outputs
 from edgepack.evaluation.runners import TorchRunner
-from edgepack.model.tensors import as_tensors
 from edgepack.progress import Progress
 from edgepack.recipe.schema import Recipe, TunedTarget
 from edgepack.targets.base import Target
 from edgepack.tuning.apply import VariantCache
 from edgepack.tuning.record import TuningRecord
 from edgepack.tuning.search import Search, SearchData, sensitivity_for, split_calibration
-from edgepack.tuning.sensitivity import execution_order
 
 
 def prepare_search(recipe: Recipe, *, teacher, student, student_onnx: Path, calibration: SampleSet, scratch: Path,
@@ -33,8 +31,7 @@ def prepare_search(recipe: Recipe, *, teacher, student, student_onnx: Path, cali
         reference = collect_outputs(TorchRunner(teacher, recipe.input_names, recipe.latency.threads), holdout)
     with progress.step("tune: per-layer sensitivity to weight rounding"):
         sensitivity = sensitivity_for(student, holdout, recipe)
-        first = {name: holdout.arrays[name][:2] for name in recipe.input_names}
-        order = execution_order(student, as_tensors(first, recipe.input_names))
+    order = [item.module for item in sensitivity]  # execution order, as layer_sensitivity returns them
     variants = VariantCache(student, student_onnx, recipe, fit, scratch / "variants")
     return SearchData(fit=fit, holdout=holdout, reference=reference, variants=variants, sensitivity=sensitivity,
                       order=order)
