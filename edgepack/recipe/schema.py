@@ -160,10 +160,21 @@ class AttentionHeads(_Section):
     heads_attribute: str = "num_heads"
 
 
-class PruneConfig(_Section):
-    """Structured pruning with torch-pruning's dependency graph."""
+def _layer_list(layers: Optional[list[int]]) -> Optional[list[int]]:
+    if layers is not None and (layers != sorted(set(layers)) or any(index < 0 for index in layers)):
+        raise ValueError(f"encoder layer indices must be distinct, ascending and >= 0, got {layers}")
+    return layers
 
-    ratio: float = Field(gt=0.0, lt=1.0, description="fraction of MACs or parameters to remove")
+
+EncoderLayers = Annotated[Optional[list[int]], AfterValidator(_layer_list)]
+
+
+class PruneConfig(_Section):
+    """Structured pruning: torch-pruning's dependency graph to a MACs/params `ratio`, or, for a Hugging Face
+    encoder (model.huggingface), whole attention heads, FFN channels and layers (edgepack.text.prune)."""
+
+    ratio: Optional[float] = Field(None, gt=0.0, lt=1.0, description="fraction of MACs or parameters to remove "
+                                   "(not for model.huggingface: use heads, ffn, layers)")
     by: Literal["macs", "params"] = "macs"
     importance: Literal["l1", "l2", "taylor", "group_magnitude"] = "l2"
     global_pruning: bool = False
@@ -172,6 +183,16 @@ class PruneConfig(_Section):
     ignore: list[str] = Field(default_factory=list)
     max_layer_ratio: float = Field(0.9, gt=0.0, le=1.0)
     attention: list[AttentionHeads] = Field(default_factory=list)
+    heads: float = Field(0.0, ge=0.0, lt=1.0, description="encoders: fraction of each layer's attention heads to "
+                         "remove (the same count in every layer, chosen per layer by importance)")
+    ffn: float = Field(0.0, ge=0.0, lt=1.0, description="encoders: fraction of each layer's FFN channels to remove")
+    layers: EncoderLayers = Field(None, min_length=1, description="encoders: indices of the layers to keep "
+                                  "(default: all)")
+
+    @property
+    def encoder(self) -> bool:
+        """Whether the encoder fields (heads, ffn, layers) are used."""
+        return self.heads > 0 or self.ffn > 0 or self.layers is not None
 
 
 class LowRankConfig(_Section):
@@ -179,6 +200,16 @@ class LowRankConfig(_Section):
 
     energy: float = Field(0.95, gt=0.0, lt=1.0)
     min_features: int = Field(64, ge=2, description="only layers at least this wide on both sides")
+
+
+class AssistantConfig(_Section):
+    """Teacher assistant of an encoder: pruned from the teacher by these fractions and layers, distilled from
+    it, then pruned to the `prune` section's student and distilled into it (Mirzadeh et al. 2020)."""
+
+    heads: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the teacher's heads it removes")
+    ffn: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the teacher's FFN channels it removes")
+    layers: EncoderLayers = Field(None, min_length=1, description="teacher layers it keeps (default: all)")
+    epochs: Optional[int] = Field(None, ge=1, description="its distillation epochs (default: distill.epochs)")
 
 
 class DistillConfig(DataSource):
@@ -196,6 +227,12 @@ class DistillConfig(DataSource):
     features: list[tuple[str, str]] = Field(default_factory=list,
                                             description="(student module, teacher module) pairs to match")
     feature_weight: float = Field(1.0, ge=0.0)
+    hidden_states: float = Field(0.0, ge=0.0, description="encoders: weight of the hidden-state MSE (TinyBERT)")
+    attentions: float = Field(0.0, ge=0.0, description="encoders: weight of the attention-map KL (MiniLM)")
+    layer_map: EncoderLayers = Field(None, min_length=1, description="encoders: teacher layer matched by each "
+                                     "student layer (default: the layer it was pruned from)")
+    assistant: Optional[AssistantConfig] = Field(None, description="encoders: distill this intermediate model "
+                                                 "from the teacher first, then the student from it")
 
 
 class LatencyConfig(_Section):
@@ -303,8 +340,8 @@ class Recipe(_Section):
         if self.model.onnx is not None and (self.tune.auto or torch_only):
             raise ValueError(f"{'tune.auto' if self.tune.auto else torch_only[0]} works on the PyTorch module (bias "
                              "correction, sensitivity, float modules): it needs model.factory, not an ONNX file")
-        if (self.prune is not None or self.lowrank is not None) and self.model.huggingface is not None:
-            raise ValueError("'prune' and 'lowrank' of a Hugging Face model are not supported yet (issue 14)")
+        for problem in _encoder_compression_problems(self):
+            raise ValueError(problem)
         if self.text is not None:
             if self.model.huggingface is None and self.text.tokenizer is None:
                 raise ValueError("'text' needs a tokenizer: text.tokenizer (a folder with tokenizer.json) or "
@@ -339,3 +376,42 @@ class Recipe(_Section):
     def input_names(self) -> list[str]:
         """Names of the model inputs, in order."""
         return [spec.name for spec in self.inputs]
+
+
+def _encoder_compression_problems(recipe: "Recipe") -> list[str]:
+    """Where the recipe's prune/distill fields do not fit its model (encoder fields only for huggingface)."""
+    prune, distill, encoder_model = recipe.prune, recipe.distill, recipe.model.huggingface is not None
+    problems = []
+    if encoder_model and recipe.lowrank is not None:
+        problems.append("lowrank: not supported for a Hugging Face model; use prune.heads, prune.ffn, prune.layers")
+    if prune is not None and encoder_model:
+        if prune.ratio is not None:
+            problems.append("prune.ratio: a Hugging Face encoder is pruned by prune.heads, prune.ffn and prune.layers")
+        elif not prune.encoder:
+            problems.append("prune: give prune.heads, prune.ffn or prune.layers for a Hugging Face encoder")
+    if prune is not None and not encoder_model:
+        if prune.encoder:
+            problems.append("prune.heads, prune.ffn, prune.layers: only for model.huggingface; use prune.ratio")
+        elif prune.ratio is None:
+            problems.append("prune.ratio: required (fraction of MACs or parameters to remove)")
+    if distill is not None and not encoder_model:
+        used = [name for name in ("hidden_states", "attentions", "layer_map", "assistant")
+                if getattr(distill, name) not in (None, 0.0)]
+        if used:
+            problems.append(f"distill.{used[0]}: only for model.huggingface (use distill.features)")
+    if distill is not None and encoder_model and distill.features:
+        problems.append("distill.features: not for a Hugging Face encoder; use distill.hidden_states and "
+                        "distill.attentions")
+    assistant = distill.assistant if distill is not None else None
+    if assistant is not None and prune is not None:
+        if assistant.heads > prune.heads or assistant.ffn > prune.ffn:
+            problems.append("distill.assistant: must be larger than the student: its heads and ffn fractions at "
+                            f"most prune.heads {prune.heads:g} and prune.ffn {prune.ffn:g}")
+        missing = sorted(set(prune.layers or []) - set(assistant.layers or prune.layers or []))
+        if missing:
+            problems.append(f"distill.assistant.layers: must include the student's prune.layers; missing {missing}")
+    if distill is not None and distill.layer_map is not None and prune is not None and prune.layers is not None \
+            and len(distill.layer_map) != len(prune.layers):
+        problems.append(f"distill.layer_map: one teacher layer per student layer ({len(prune.layers)}), got "
+                        f"{len(distill.layer_map)}")
+    return problems
