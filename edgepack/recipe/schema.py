@@ -256,6 +256,9 @@ class TunedTarget(_Section):
                                   "calibration data, on the torch side, before the target quantizes")
     float_modules: list[str] = Field(default_factory=list, description="qualified names of Conv/Linear modules "
                                      "kept in float, each with the activation that follows it")
+    smooth_quant: Optional[float] = Field(None, ge=0.0, le=1.0, description="SmoothQuant migration strength "
+                                          "alpha: activation outliers moved into the weights of the Linear/1x1 Conv "
+                                          "layers where that is exact, on the torch side, before bias correction")
 
 
 class TuneConfig(_Section):
