@@ -272,6 +272,11 @@ class TuneConfig(_Section):
     correction_samples: int = Field(128, ge=8, description="calibration samples for bias correction")
     max_float_layers: int = Field(8, ge=0, description="largest contiguous float region tried")
     sensitivity_samples: int = Field(16, ge=4, description="held-out samples for per-layer sensitivity")
+    workers: Optional[int] = Field(None, ge=1, description="candidates scored at once in a local process pool "
+                                   "(default: 1 on a host with 2 cores or fewer, else half the cores up to 4); "
+                                   "`edgepack tune --workers` overrides it")
+    ray: Optional[str] = Field(None, min_length=1, description="a running Ray cluster's address, or 'auto', to score "
+                               "candidates on (needs the `ray` extra); `edgepack tune --ray` overrides it")
 
 
 class Recipe(_Section):
