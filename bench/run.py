@@ -26,6 +26,7 @@ from edgepack.recipe.load import load_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isa import isa_schemes  # noqa: E402
+from mobilenet import mobilenet  # noqa: E402
 from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
 from recommender import pruned_recommender, recommender  # noqa: E402
 
@@ -83,9 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--only", choices=("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"),
-                        action="append",
-                        help="run only these parts (repeatable; default: all)")
+    parser.add_argument("--only", choices=("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned",
+                                           "mobilenet"), action="append",
+                        help="run only these parts (repeatable; default: all but mobilenet, which takes ~15 min)")
+    parser.add_argument("--tune", action="store_true", help="mobilenet: run edgepack tune first (timed) instead of "
+                        "the recipe's tuned configurations")
     args = parser.parse_args()
     parts = set(args.only or ("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"))
     machine = machine_facts(threads=2)
@@ -105,6 +108,8 @@ def main() -> None:
         sections["recommender (DeepFM, MovieLens-100K, x86 and arm-tflite)"] = recommender(args.repeats)
     if "recommender-pruned" in parts:
         sections["recommender pruned 30% params + recovered (x86)"] = pruned_recommender(args.repeats)
+    if "mobilenet" in parts:
+        sections["MobileNetV2, pretrained, 4 targets, tuned (issue 13)"] = mobilenet(args.repeats, tune=args.tune)
     rows = [row for section in sections.values() for row in section]
     for title, section in sections.items():
         print(f"\n{title:64} {'value':>9}  {'target':>8}  ok")
