@@ -18,7 +18,7 @@ def divergence_line(record: DivergenceRecord) -> str:
     return (f"{record.artifact}: the error first jumps at module {first.module} (node {first.node}, layer "
             f"{record.first + 1} of {len(record.layers)}): relative error {before:.3g} before it, "
             f"{first.relative_error:.3g} after; largest {worst.relative_error:.3g} at {worst.module}; "
-            f"{record.samples} evaluation samples")
+            f"{record.samples} evaluation samples" + (f" ({record.note})" if record.note else ""))
 
 
 def divergence_png(record: DivergenceRecord) -> str:
@@ -41,11 +41,13 @@ def divergence_html(manifest: Manifest) -> list[str]:
     if not manifest.divergence:
         return []
     parts = ["<h2>Where the error starts</h2>",
-             "<p class='note'>Each failing ONNX artifact against the float graph it was quantized from, layer by "
-             "layer in onnxruntime (integer kernels as deployed; each layer read where its QuantizeLinear stores "
-             "it).</p>"]
+             "<p class='note'>Each failing INT8 artifact against the float model it was built from, layer by layer "
+             "in its own runtime on a few evaluation samples: relative L2 error of each conv/linear layer's "
+             "output.</p>"]
     for record in manifest.divergence.values():
         parts.append(f"<p>{escape(divergence_line(record))}</p>")
+        if record.compared:
+            parts.append(f"<p class='note'>Compared: {escape(record.compared)}.</p>")
         if record.layers:
             caption = f"Error per layer of {record.artifact}"
             parts.append(f"<figure><img alt='{escape(caption)}' src='data:image/png;base64,{divergence_png(record)}'>"

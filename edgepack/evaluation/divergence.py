@@ -42,6 +42,7 @@ class DivergenceRecord(_Strict):
     layers: list[LayerError]
     first: Optional[int] = None  # index into layers
     note: str = ""
+    compared: str = ""  # exactly what ran against what, and where each layer was read
 
     @property
     def first_layer(self) -> Optional[LayerError]:
@@ -149,4 +150,8 @@ def onnx_divergence(float_onnx: Path, artifact: Path, feeds: dict[str, np.ndarra
         error = float(np.linalg.norm(values - expected) / max(float(np.linalg.norm(expected)), 1e-12))
         layers.append(LayerError(module=_module_of(float_node, weights), node=node.name, relative_error=error))
     first = first_jump([layer.relative_error for layer in layers])
-    return DivergenceRecord(artifact=label or artifact.name, samples=samples, layers=layers, first=first)
+    arithmetic = "fake-quant (Q/DQ unfused, float between them)" if fake_quant else "integer kernels as deployed"
+    return DivergenceRecord(artifact=label or artifact.name, samples=samples, layers=layers, first=first,
+                            compared=f"onnxruntime, {arithmetic}, each layer read where its QuantizeLinear stores "
+                                     "it vs the float ONNX graph it was quantized from; each Conv/Gemm/MatMul "
+                                     "output after its Relu/Clip")

@@ -1,0 +1,121 @@
+"""First-divergence localization for an ExecuTorch .pte artifact (XNNPACK-delegated): per-layer tensors computed by
+XNNPACK's kernels against the float torch module the artifact was built from.
+
+Why not the .pte itself: ExecuTorch's ETDump/Inspector debug output records intermediate outputs of the
+operators the ExecuTorch runtime executes, and treats each delegate call as one operator (the devtools'
+numerical-debugging tutorial says so). An XNNPACK artifact is one delegate call, so its layers cannot be read
+from the file. What ExecuTorch offers instead is its numerical debugger's intermediate-output taps
+(`executorch.devtools.intermediate_output_tap`): chosen graph values become extra program outputs that survive
+partitioning, so the delegate itself returns them.
+
+So the PT2E-converted graph the artifact is lowered from (re-quantized for the pipeline with the target's
+quantizer, observers and calibration set, `requantize_like_target`) is exported with each conv/linear layer's
+output tapped where its quantize node stores it (after the BatchNorm folded into it and its activation), lowered
+with `XnnpackPartitioner` as the target does, and run by `executorch.runtime`. The int8 taps are dequantized with
+their quantize node's scale and zero point and compared with the float module's layers
+(edgepack.evaluation.divergence_torch), paired by order; the note gives how far this program's output is from the
+artifact's own on the same samples (0 when the re-lowered program reproduces the artifact).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from edgepack.evaluation.divergence import DivergenceRecord
+from edgepack.evaluation.divergence_torch import (
+    after_followers,
+    compare_layers,
+    compute_layers,
+    float_layers,
+    op_name,
+    output_gap,
+)
+from edgepack.model.tensors import as_tensors
+
+COMPARED = ("XNNPACK kernels via ExecuTorch (the PT2E graph the .pte is lowered from, re-lowered with "
+            "XnnpackPartitioner and each conv/linear output tapped as a delegate output) vs the float torch module; "
+            "each conv/linear output after its folded BatchNorm and activation, dequantized")
+
+
+def _tap_points(graph) -> list[tuple[Any, Optional[tuple[float, int]]]]:
+    """(node to tap, (scale, zero point) when it is a quantize node) for every conv/linear layer, in order."""
+    points: list[tuple[Any, Optional[tuple[float, int]]]] = []
+    for _, node in compute_layers(graph):
+        end = after_followers(node)
+        users = list(end.users)
+        if len(users) == 1 and op_name(users[0]) == "quantize_per_tensor":
+            quantize = users[0]
+            points.append((quantize, (float(quantize.args[1]), int(quantize.args[2]))))
+        else:  # a layer kept float (float_modules) or dynamically quantized: its float output
+            points.append((end, None))
+    return points
+
+
+def xnnpack_layer_outputs(quantized_module, feeds: dict[str, np.ndarray], input_names: list[str]
+                          ) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray]]:
+    """Every conv/linear layer's output as XNNPACK computes it in the lowered `quantized_module`, dequantized,
+    and the program's own outputs, on `feeds` (one call, a static batch of all samples)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.intermediate_output_tap import FULL_TENSOR, strip_taps_, tap_intermediate_outputs_
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    example = as_tensors(feeds, input_names)
+    program = torch.export.export(quantized_module, example, strict=False)
+    points = _tap_points(program.graph_module.graph)
+    tapped = {node for node, _ in points}
+    program, specs = tap_intermediate_outputs_(program, [(lambda node: node in tapped, FULL_TENSOR)])
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    strip_taps_(edge)
+    buffer = edge.to_executorch().buffer  # the loaded program reads this memory: keep a reference while it runs
+    method = Runtime.get().load_program(buffer).load_method("forward")
+    values = [output.numpy().copy() for output in method.execute(list(example))]
+    output_of = {spec.node_name: spec.output_index for spec in specs}
+    layers: list[tuple[str, np.ndarray]] = []
+    for node, quantization in points:
+        value = values[output_of[node.name]].astype(np.float64)
+        if quantization is not None:
+            value = (value - quantization[1]) * quantization[0]
+        layers.append((node.name, value))
+    return layers, values[:min(output_of.values())]
+
+
+def pte_divergence(module, quantized_module, feeds: dict[str, np.ndarray], input_names: list[str], *,
+                   verified_outputs: Optional[list[np.ndarray]] = None, label: str = "model.int8.pte"
+                   ) -> DivergenceRecord:
+    """Per-layer error of `quantized_module` (the PT2E graph a .pte is lowered from) run by XNNPACK through
+    ExecuTorch, against the float `module` on `feeds`, first jump named.
+
+    `verified_outputs` (the artifact's outputs on `feeds`) let the note say whether this program reproduces it."""
+    reference = float_layers(module, feeds, input_names)
+    layers, outputs = xnnpack_layer_outputs(quantized_module, feeds, input_names)
+    note = output_gap(outputs, verified_outputs, "artifact's") if verified_outputs is not None else ""
+    return compare_layers(reference, layers, label=label, samples=len(next(iter(feeds.values()))),
+                          convert=lambda values, shape: values if values.shape == shape else None,
+                          compared=COMPARED, note=note)
+
+
+def requantize_like_target(module, context, input_names: list[str]):
+    """The arm-xnnpack target's PT2E graph for `context`, quantized again as its export does: the same quantizer
+    configuration (dynamic activations for a transformer with an additive mask), observers, calibration set,
+    embedding tables and float modules."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
+    from edgepack.quantization.transformer_int8 import additive_mask_constant
+    from edgepack.targets.arm_xnnpack.tables import quantize_embeddings
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) \
+        if additive_mask_constant(context.float_onnx) is not None \
+        else with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
+    size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
+    with_tables, _ = quantize_embeddings(module, bits=context.quantization.embedding_bits)
+    return calibrated_pt2e(with_tables, example_batch(context.calibration, input_names, size), context.calibration,
+                           XNNPACKQuantizer().set_global(config), fold_quantize=True,
+                           float_modules=context.float_modules).module
