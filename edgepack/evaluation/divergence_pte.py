@@ -1,12 +1,13 @@
 """First-divergence localization for an ExecuTorch .pte artifact (XNNPACK-delegated): per-layer tensors computed by
 XNNPACK's kernels against the float torch module the artifact was built from.
 
-Why not the .pte itself: ExecuTorch's ETDump/Inspector debug output records intermediate outputs of the
-operators the ExecuTorch runtime executes, and treats each delegate call as one operator (the devtools'
-numerical-debugging tutorial says so). An XNNPACK artifact is one delegate call, so its layers cannot be read
-from the file. What ExecuTorch offers instead is its numerical debugger's intermediate-output taps
-(`executorch.devtools.intermediate_output_tap`): chosen graph values become extra program outputs that survive
-partitioning, so the delegate itself returns them.
+Why not the .pte itself: ExecuTorch's ETDump debug output (pybindings `enable_etdump`, `debug_buffer_size`, read
+by the Inspector) stores tensors only for the operators the ExecuTorch runtime executes; an XNNPACK delegate call
+counts as one. With executorch 1.5.1 here, an artifact's ETDump lists every XNNPACK operator inside the delegate
+("Convolution (NHWC, QC8) IGEMM #2") with its timing but no tensor, and tensors only at each DELEGATE_CALL's
+inputs and outputs, so its layers cannot be read from the file. What ExecuTorch offers instead is its numerical
+debugger's intermediate-output taps (`executorch.devtools.intermediate_output_tap`): chosen graph values become
+extra program outputs that survive partitioning, so the delegate itself computes and returns them.
 
 So the PT2E-converted graph the artifact is lowered from (re-quantized for the pipeline with the target's
 quantizer, observers and calibration set, `requantize_like_target`) is exported with each conv/linear layer's
@@ -34,9 +35,10 @@ from edgepack.evaluation.divergence_torch import (
 )
 from edgepack.model.tensors import as_tensors
 
-COMPARED = ("XNNPACK kernels via ExecuTorch (the PT2E graph the .pte is lowered from, re-lowered with "
-            "XnnpackPartitioner and each conv/linear output tapped as a delegate output) vs the float torch module; "
-            "each conv/linear output after its folded BatchNorm and activation, dequantized")
+COMPARED = ("XNNPACK kernels via ExecuTorch on the PT2E graph the .pte is lowered from (in a pack: quantized again "
+            "as the target does, same settings and calibration set), lowered again with XnnpackPartitioner and every "
+            "conv/linear output tapped as a delegate output, vs the float torch module; each conv/linear output after "
+            "its folded BatchNorm and activation, dequantized")
 
 
 def _tap_points(graph) -> list[tuple[Any, Optional[tuple[float, int]]]]:
@@ -45,8 +47,8 @@ def _tap_points(graph) -> list[tuple[Any, Optional[tuple[float, int]]]]:
     for _, node in compute_layers(graph):
         end = after_followers(node)
         users = list(end.users)
-        if len(users) == 1 and op_name(users[0]) == "quantize_per_tensor":
-            quantize = users[0]
+        quantize = users[0] if len(users) == 1 and op_name(users[0]) == "quantize_per_tensor" else None
+        if quantize is not None and all(isinstance(arg, (int, float)) for arg in quantize.args[1:3]):
             points.append((quantize, (float(quantize.args[1]), int(quantize.args[2]))))
         else:  # a layer kept float (float_modules) or dynamically quantized: its float output
             points.append((end, None))
