@@ -22,7 +22,7 @@ TEXT := examples/text_classifier
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet torch==2.13.0 -e ".[x86,cuda,parquet,text,test]"
+	$(PY) -m pip install --quiet torch==2.13.0 -e ".[x86,cuda,parquet,text,ray,test]"
 	$(PY) -m pip install --quiet torch==2.13.0 "litert-torch==0.10.0"
 	$(PY) -m pip install --quiet torch==2.13.0 "executorch==1.5.1" "typing-extensions>=4.12.2,<4.13"
 	$(PY) -m pip install --quiet --no-deps mlxtend==0.25.0 recbole==1.2.1 foolbox==3.3.4 \

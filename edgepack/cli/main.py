@@ -176,8 +176,14 @@ def init(model_ref: str, weights: Path, data: Path, calib: Path | None, labels: 
 @click.option("--target", "targets", multiple=True, help="Tune only this target (repeatable; overrides the recipe).")
 @click.option("--fragment", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the chosen configurations as a recipe fragment (`tuned:`) to this file.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Candidates scored at once in a local process pool (default: recipe tune.workers, else 1 on a "
+              "host with 2 cores or fewer and half the cores up to 4 otherwise); latency is measured alone.")
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto",
+              help="Score candidates as tasks on a running Ray cluster (`ray start --head`); needs the `ray` extra.")
 @_handle_errors
-def tune(recipe: Path, targets: tuple[str, ...], fragment: Path | None) -> None:
+def tune(recipe: Path, targets: tuple[str, ...], fragment: Path | None, workers: int | None,
+         ray_address: str | None) -> None:
     """Search each target of RECIPE for the cheapest configuration that meets the budget (calibration method,
     bias correction, a float prefix), scored on held-out calibration data; print it as a recipe fragment.
     Exit 0 when every target met the budget, 3 when one could not."""
@@ -185,12 +191,18 @@ def tune(recipe: Path, targets: tuple[str, ...], fragment: Path | None) -> None:
     from edgepack.errors import EXIT_DRIFT
     from edgepack.pipeline import tune_only
     from edgepack.recipe.load import load_recipe
+    from edgepack.tuning.pool import require_ray
     from edgepack.tuning.run import fragment as fragment_text
 
     _check_target_options(targets)
     resolved = load_recipe(recipe)
     if targets:
         resolved = resolved.model_copy(update={"targets": list(targets)})
+    scale = {key: value for key, value in (("workers", workers), ("ray", ray_address)) if value is not None}
+    if scale:
+        resolved = resolved.model_copy(update={"tune": resolved.tune.model_copy(update=scale)})
+    if resolved.tune.ray is not None:
+        require_ray()  # before any heavy work
     with _library_log():
         records = tune_only(resolved, TerminalProgress())
     render_tuning(records)

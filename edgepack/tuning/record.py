@@ -48,6 +48,8 @@ class TuningRecord(_Strict):
     bounds_not_checked: list[str] = Field(default_factory=list)  # they need labels the calibration data lacks
     sensitivity: list[SensitivityRecord] = Field(default_factory=list)  # most sensitive layers first
     bias_correction: list[dict[str, Any]] = Field(default_factory=list)  # largest corrections first
+    evaluated_by: Optional[str] = None  # how candidates ran: one at a time, a process pool, Ray (edgepack.tuning.pool)
+    latency_measured: Optional[str] = None  # when trials' latency was measured: always with no other candidate running
 
     @property
     def chosen_trial(self) -> Optional[TrialRecord]:

@@ -10,6 +10,10 @@ come in order of cost, each built by the target and run in its own runtime:
    the middle of the network, where scattered float islands made a model slower than fp32.
 The search stops at the first candidate that meets the budget. Its latency is measured like every
 other trial's; if none meets it, the best one found is reported with its figures.
+
+The search is written as a generator of waves (`Search.steps`): the candidates of one tier, at most
+`wave_size` at a time, that the driver (edgepack.tuning.run) evaluates together on an executor
+(edgepack.tuning.pool). With a wave size of 1 it is the serial search, candidate after candidate.
 """
 
 from __future__ import annotations
@@ -18,22 +22,25 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Generator, Optional, Union
 
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
 from edgepack.calibration.methods import CalibrationMethod, Percentile
 from edgepack.errors import ConfigError, EdgepackError, describe
-from edgepack.evaluation import tasks
-from edgepack.evaluation.drift import check_budget, collect_outputs
-from edgepack.evaluation.latency import make_batch, measure
-from edgepack.progress import Progress
 from edgepack.quantization.ort_qdq import module_nodes
-from edgepack.recipe.budget import BOUND_SPECS
 from edgepack.recipe.schema import Recipe, TunedTarget
-from edgepack.targets.base import ExportContext, Target
-from edgepack.tuning.apply import VariantCache, fragment_entry
+from edgepack.targets.base import Target
+from edgepack.tuning.apply import VariantCache
+from edgepack.tuning.candidate import (
+    CandidateJob,
+    CandidateResult,
+    SearchFiles,
+    checkable_budget,
+    failed,
+    pickle_module,
+)
 from edgepack.tuning.record import SensitivityRecord, TrialRecord, TuningRecord
 from edgepack.tuning.sensitivity import LayerSensitivity, layer_sensitivity
 
@@ -65,16 +72,10 @@ class SearchData:
     fit: SampleSet
     holdout: SampleSet
     reference: np.ndarray
+    files: SearchFiles  # the split and the float outputs on disk, for candidate jobs
     variants: VariantCache
     sensitivity: list[LayerSensitivity]
     order: list[str]  # Conv/Linear modules in execution order
-
-
-def checkable_budget(recipe: Recipe, metrics: dict) -> tuple[dict, list[str]]:
-    """The budget bounds whose metric the holdout measures, and the names of those it cannot (no labels)."""
-    limits = recipe.budget.limits()
-    checked = {key: value for key, value in limits.items() if BOUND_SPECS[key].metric in metrics}
-    return checked, sorted(set(limits) - set(checked))
 
 
 def methods_to_try(target: Target, recipe: Recipe) -> list[CalibrationMethod]:
@@ -93,80 +94,87 @@ def prefix_lengths(data: SearchData, limit: int) -> list[int]:
     return sorted({item.position + 1 for item in ranked})
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration to try, and how the record names it."""
+
+    tuned: TunedTarget
+    label: str
+
+
+Wave = list[Candidate]  # candidates of one cost tier evaluated together, in order of cost
+Steps = Generator[Wave, list[CandidateResult], TuningRecord]
+
+
 class Search:
-    """The search for one target."""
+    """The search for one target, as a generator of waves (`steps`) that the driver (edgepack.tuning.run)
+    evaluates on its executor. A wave holds at most `wave_size` candidates of one cost tier; within a tier
+    the first candidate in order of cost that passes is chosen, and the trials after it in its wave are
+    dropped, so the record is the one the serial search (`wave_size` 1) writes. The tiers stay sequential:
+    bias correction uses the best method of the first tier, the float prefixes use its outcome."""
 
-    def __init__(self, target: Target, options, recipe: Recipe, data: SearchData, scratch: Path, progress: Progress):
+    def __init__(self, target: Target, options, recipe: Recipe, data: SearchData, scratch: Path, *, wave_size: int = 1,
+                 threads: int = 0):
         self.target, self.options, self.recipe, self.data = target, options, recipe, data
-        self.scratch, self.progress = scratch, progress
+        self.scratch, self.wave_size = scratch, wave_size
+        self.threads = threads or recipe.latency.threads
         self.trials: list[TrialRecord] = []
+        self.latency_artifacts: list[Optional[Path]] = []  # per trial, for latency measured afterwards
+        self._submitted = 0
 
-    def run(self) -> TuningRecord:
+    def steps(self) -> Steps:
         """Try candidates in order of cost until one meets the budget."""
         methods = methods_to_try(self.target, self.recipe)
+        tried = yield from self._tier([Candidate(_tuned(method), _method_label(method)) for method in methods])
+        if tried[-1].passed:
+            return self._record()
         best = None
-        for method in methods:
-            trial = self._trial(_tuned(method), _method_label(method))
+        for trial in tried:
             best = self._better(best, trial)
-            if best.passed:
-                return self._record()
         assert best is not None
         method = TunedTarget.model_validate(best.config).method or self.recipe.calibration.method
-        corrected = self._trial(_tuned(method, bias_correction=True), f"{_method_label(method)}, bias correction")
+        corrected, = yield from self._tier([Candidate(_tuned(method, bias_correction=True),
+                                                      f"{_method_label(method)}, bias correction")])
         if corrected.passed:
             return self._record()
         use_correction = corrected.error is None and _agreement(corrected) > _agreement(best)
-        for length in prefix_lengths(self.data, self.recipe.tune.max_float_layers):
-            modules = self.data.order[:length]
-            trial = self._trial(_tuned(method, bias_correction=use_correction, float_modules=modules),
-                                f"{_method_label(method)}, {'bias correction, ' if use_correction else ''}"
-                                f"first {length} layer(s) float")
-            if trial.passed:
-                break
+        prefixes = [Candidate(_tuned(method, bias_correction=use_correction, float_modules=self.data.order[:length]),
+                              f"{_method_label(method)}, {'bias correction, ' if use_correction else ''}"
+                              f"first {length} layer(s) float")
+                    for length in prefix_lengths(self.data, self.recipe.tune.max_float_layers)]
+        yield from self._tier(prefixes)
         return self._record()
 
-    def _trial(self, tuned: TunedTarget, label: str) -> TrialRecord:
-        started = time.perf_counter()
-        folder = self.scratch / f"trial{len(self.trials)}"
-        (folder / "out").mkdir(parents=True)
-        (folder / "work").mkdir()
-        with self.progress.step(f"{self.target.name}: trying {label}"):
-            try:
-                trial = self._build_and_run(tuned, label, folder)
-            except EdgepackError as exc:
-                trial = TrialRecord(label=label, config=fragment_entry(tuned), passed=False, error=str(exc))
-            except Exception as exc:  # a candidate the toolchain cannot build is a result, not a crash
-                trial = TrialRecord(label=label, config=fragment_entry(tuned), passed=False, error=describe(exc))
-        trial.seconds = round(time.perf_counter() - started, 2)
-        self.trials.append(trial)
-        return trial
+    def _tier(self, candidates: list[Candidate]) -> Generator[Wave, list[CandidateResult], list[TrialRecord]]:
+        """Waves of the tier until a candidate passes: the trials kept, in order of cost."""
+        tried: list[TrialRecord] = []
+        for start in range(0, len(candidates), self.wave_size):
+            results = yield candidates[start:start + self.wave_size]
+            for result in results:
+                self.trials.append(result.trial)
+                self.latency_artifacts.append(result.latency_artifact)
+                tried.append(result.trial)
+                if result.trial.passed:
+                    return tried
+        return tried
 
-    def _build_and_run(self, tuned: TunedTarget, label: str, folder: Path) -> TrialRecord:
-        build = self.data.variants.build(tuned, self.recipe.calibration.method)
-        context = ExportContext(float_onnx=build.float_onnx, module=build.module, inputs=list(self.recipe.inputs),
-                                calibration=self.data.fit, method=build.method, quantization=self.recipe.quantization,
-                                out_dir=folder / "out", scratch_dir=folder / "work", options=self.options,
-                                threads=self.recipe.latency.threads, float_modules=build.float_modules)
-        artifacts = self.target.export(context)
-        failures, metrics, latency, size = [], {}, None, 0
-        task = tasks.kind(self.recipe.task)
-        for artifact in artifacts:
-            runner = self.target.runner(artifact.path, threads=self.recipe.latency.threads)
-            outputs = collect_outputs(runner, self.data.holdout)
-            measured = task.drift_metrics(self.data.reference, outputs, self.data.holdout, self.recipe.evaluation)
-            budget, _ = checkable_budget(self.recipe, measured)
-            report = check_budget(measured, budget)
-            failures += [f"{artifact.path.name}: {check.describe()}" for check in report.failures]
-            size += artifact.path.stat().st_size
-            if artifact is artifacts[-1] or "int8" in artifact.precision:
-                metrics = {key: float(value) for key, value in measured.items() if isinstance(value, (int, float))}
-                batch = make_batch(self.data.holdout.arrays, self.recipe.latency.batch_size)
-                latency = measure(runner, batch, warmup=1, repeats=5, max_seconds=5.0).median_ms
-                if "int8" in artifact.precision:
-                    break
-        return TrialRecord(label=label, config=fragment_entry(tuned), passed=not failures, metrics=metrics,
-                           failures=failures, latency_ms=latency, latency_batch=self.recipe.latency.batch_size,
-                           size_bytes=size)
+    def job(self, candidate: Candidate) -> Union[CandidateJob, CandidateResult]:
+        """The candidate's job; a candidate whose inputs cannot be prepared is already its (failed) result."""
+        folder = self.scratch / f"trial{self._submitted}"
+        self._submitted += 1
+        started = time.perf_counter()
+        try:
+            # bias correction, when asked, runs here once and is shared by the candidates that use it
+            build = self.data.variants.build(candidate.tuned, self.recipe.calibration.method)
+        except EdgepackError as exc:
+            return failed(candidate.tuned, candidate.label, str(exc))
+        except Exception as exc:  # a candidate the toolchain cannot build is a result, not a crash
+            return failed(candidate.tuned, candidate.label, describe(exc))
+        return CandidateJob(target=self.target, options=self.options, recipe=self.recipe, tuned=candidate.tuned,
+                            label=candidate.label, module=pickle_module(build.module), float_onnx=build.float_onnx,
+                            method=build.method, float_modules=build.float_modules, files=self.data.files,
+                            folder=folder, threads=self.threads,
+                            setup_seconds=time.perf_counter() - started)
 
     @staticmethod
     def _better(best: Optional[TrialRecord], trial: TrialRecord) -> TrialRecord:
