@@ -1,5 +1,6 @@
-"""Turn a `tuned` recipe entry into what a target builds from: the module (bias-corrected or not), its
-checked fp32 ONNX, the calibration method and the modules kept float. Shared by `pack` and the search."""
+"""Turn a `tuned` recipe entry into what a target builds from: the module (smoothed, bias-corrected or
+neither), its checked fp32 ONNX, the calibration method and the modules kept float. Shared by `pack`
+and the search."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from edgepack.errors import ConfigError
 from edgepack.model.onnx_export import check_against_torch, export_float_onnx
 from edgepack.recipe.schema import Recipe, TunedTarget
 from edgepack.tuning.bias_correction import BiasCorrection, correct_biases
+from edgepack.tuning.smoothquant import Smoothing, SmoothingPlan, outlier_alphas, plan_smoothing, smooth_quant
 
 
 @dataclass
@@ -24,46 +26,82 @@ class TunedBuild:
     method: CalibrationMethod
     float_modules: tuple[str, ...] = ()
     correction: Optional[BiasCorrection] = None
+    smoothing: Optional[Smoothing] = None
     notes: list[str] = field(default_factory=list)
 
 
 class VariantCache:
-    """Bias-corrected copies of the student, each exported to fp32 ONNX once and checked against torch."""
+    """Smoothed and bias-corrected copies of the student, each exported to fp32 ONNX once and checked against
+    torch. Smoothing comes first: bias correction then corrects the smoothed weights."""
 
     def __init__(self, module, float_onnx: Path, recipe: Recipe, calibration: SampleSet, folder: Path):
         self.module, self.float_onnx, self.recipe, self.calibration = module, float_onnx, recipe, calibration
         self.folder = folder
-        self._corrected: Optional[tuple[BiasCorrection, Path]] = None
+        self._corrected: dict[Optional[float], tuple[BiasCorrection, Path]] = {}
+        self._smoothed: dict[float, tuple[Smoothing, Path]] = {}
+        self._plan: Optional[SmoothingPlan] = None
 
-    def corrected(self) -> tuple[BiasCorrection, Path]:
-        """The bias-corrected student and its fp32 ONNX (computed on first use)."""
-        if self._corrected is None:
-            correction = correct_biases(self.module, self.calibration.arrays, self.recipe.input_names,
+    def _export_checked(self, module, name: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / name
+        sample = {key: array[:2] for key, array in self.calibration.arrays.items()}
+        export_float_onnx(module, self.recipe.inputs, sample, path)
+        check_against_torch(module, path, self.recipe.inputs, sample, threads=self.recipe.latency.threads)
+        return path
+
+    def smoothing_plan(self) -> SmoothingPlan:
+        """Which SmoothQuant migrations are exact on the student, with its activation ranges (computed once)."""
+        if self._plan is None:
+            self._plan = plan_smoothing(self.module, self.calibration.arrays, self.recipe.input_names,
+                                        max_samples=self.recipe.tune.correction_samples)
+        return self._plan
+
+    def smoothing_alphas(self) -> list[float]:
+        """SmoothQuant alphas worth a tuning candidate: [] when no exactly smoothable layer has outliers."""
+        return outlier_alphas(self.smoothing_plan()) if self.module is not None else []
+
+    def smoothed(self, alpha: float) -> tuple[Smoothing, Path]:
+        """The student smoothed with `alpha` and its fp32 ONNX (computed on first use)."""
+        if alpha not in self._smoothed:
+            smoothing = smooth_quant(self.module, self.calibration.arrays, self.recipe.input_names, alpha=alpha,
+                                     plan=self.smoothing_plan())
+            self._smoothed[alpha] = (smoothing, self._export_checked(smoothing.module,
+                                                                     f"model.smooth{alpha:g}.fp32.onnx"))
+        return self._smoothed[alpha]
+
+    def corrected(self, smooth_quant_alpha: Optional[float] = None) -> tuple[BiasCorrection, Path]:
+        """The bias-corrected student (smoothed first when `smooth_quant_alpha` is set) and its fp32 ONNX."""
+        if smooth_quant_alpha not in self._corrected:
+            base = self.module if smooth_quant_alpha is None else self.smoothed(smooth_quant_alpha)[0].module
+            correction = correct_biases(base, self.calibration.arrays, self.recipe.input_names,
                                         per_channel=self.recipe.quantization.per_channel,
                                         max_samples=self.recipe.tune.correction_samples)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / "model.bias_corrected.fp32.onnx"
-            sample = {name: array[:2] for name, array in self.calibration.arrays.items()}
-            export_float_onnx(correction.module, self.recipe.inputs, sample, path)
-            check_against_torch(correction.module, path, self.recipe.inputs, sample,
-                                threads=self.recipe.latency.threads)
-            self._corrected = (correction, path)
-        return self._corrected
+            suffix = "" if smooth_quant_alpha is None else f".smooth{smooth_quant_alpha:g}"
+            self._corrected[smooth_quant_alpha] = (correction, self._export_checked(
+                correction.module, f"model{suffix}.bias_corrected.fp32.onnx"))
+        return self._corrected[smooth_quant_alpha]
 
     def correction_layers(self) -> list[dict[str, Any]]:
-        """The corrections made, if bias correction ran."""
-        return [layer.to_dict() for layer in self._corrected[0].layers] if self._corrected is not None else []
+        """The corrections made by the first bias correction that ran, if any ran."""
+        first = next(iter(self._corrected.values()), None)
+        return [layer.to_dict() for layer in first[0].layers] if first is not None else []
 
     def build(self, tuned: Optional[TunedTarget], default_method: CalibrationMethod) -> TunedBuild:
         """What to export for `tuned` (None: the recipe as written)."""
         if tuned is None:
             return TunedBuild(module=self.module, float_onnx=self.float_onnx, method=default_method)
-        if self.module is None and (tuned.bias_correction or tuned.float_modules):
-            raise ConfigError("tuned: bias_correction and float_modules need a PyTorch model (factory), not ONNX")
+        if self.module is None and (tuned.bias_correction or tuned.float_modules or tuned.smooth_quant is not None):
+            raise ConfigError("tuned: smooth_quant, bias_correction and float_modules need a PyTorch model "
+                              "(factory or huggingface), not ONNX")
         build = TunedBuild(module=self.module, float_onnx=self.float_onnx, method=tuned.method or default_method,
                            float_modules=tuple(tuned.float_modules))
+        if tuned.smooth_quant is not None:
+            build.smoothing, build.float_onnx = self.smoothed(tuned.smooth_quant)
+            build.module = build.smoothing.module
+            build.notes.append(f"SmoothQuant alpha {tuned.smooth_quant:g}: {len(build.smoothing.smoothed)} layer(s) "
+                               f"smoothed, {len(build.smoothing.skipped)} skipped (migration not exact there)")
         if tuned.bias_correction:
-            build.correction, build.float_onnx = self.corrected()
+            build.correction, build.float_onnx = self.corrected(tuned.smooth_quant)
             build.module = build.correction.module
         return build
 
@@ -71,6 +109,8 @@ class VariantCache:
 def fragment_entry(tuned: TunedTarget) -> dict[str, Any]:
     """A `tuned` entry as the recipe fragment writes it: only what differs from the recipe as written."""
     entry: dict[str, Any] = {"method": tuned.method.model_dump()} if tuned.method is not None else {}
+    if tuned.smooth_quant is not None:
+        entry["smooth_quant"] = tuned.smooth_quant
     if tuned.bias_correction:
         entry["bias_correction"] = True
     if tuned.float_modules:
