@@ -38,6 +38,7 @@ class CompressionResult:
     params_after: int = 0
     macs_after: int = 0
     quality_metric: str = "accuracy"
+    huggingface: Optional[Path] = None  # a pruned encoder: saved as a Hugging Face folder with this tokenizer
 
 
 def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe: Recipe) -> float:
@@ -52,6 +53,8 @@ def _quality(module: torch.nn.Module, evaluation: SampleSet, recipe: Recipe) -> 
 def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, evaluation: SampleSet,
              progress: Progress) -> CompressionResult:
     """Prune the float model to the recipe's target (distilling between steps if asked) and recover it."""
+    if recipe.model.huggingface is not None:
+        return _compress_encoder(teacher, recipe, calibration, evaluation, progress)
     names = recipe.input_names
     task = tasks.kind(recipe.task)
     example = as_tensors({k: v[:16] for k, v in calibration.arrays.items()}, names)
@@ -107,11 +110,43 @@ def compress(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, e
                              quality_metric=tasks.kind(recipe.task).headline)
 
 
+def _compress_encoder(teacher: torch.nn.Module, recipe: Recipe, calibration: SampleSet, evaluation: SampleSet,
+                      progress: Progress) -> CompressionResult:
+    """A Hugging Face encoder: whole layers, heads and FFN channels (edgepack.text.compress)."""
+    from edgepack.text.compress import compress_encoder
+    from edgepack.text.huggingface import LogitsOnly
+
+    assert isinstance(teacher, LogitsOnly), "model.huggingface loads a LogitsOnly classifier"
+    assert recipe.model.huggingface is not None, "only for model.huggingface"
+    result = compress_encoder(teacher, recipe, calibration, lambda module: _quality(module, evaluation, recipe),
+                              progress)
+    return CompressionResult(module=result.student, pruning=result.pruning, distillation=result.distillation,
+                             accuracy=result.accuracy, params_after=result.params_after, macs_after=result.macs_after,
+                             quality_metric=tasks.kind(recipe.task).headline, huggingface=recipe.model.huggingface)
+
+
 def save_compressed(result: CompressionResult, example: dict[str, np.ndarray], names: list[str], path: Path) -> float:
     """Save the pruned model as a whole program and check that reloading gives identical outputs."""
     tensors = as_tensors({k: v[:4] for k, v in example.items()}, names)
     save_pruned(result.module, tensors, path)
     return reload_and_check(path, result.module, tensors)
+
+
+def save_student(result: CompressionResult, example: dict[str, np.ndarray], names: list[str],
+                 folder: Path) -> tuple[float, list[Path]]:
+    """Save the pruned model into `folder` and reload it from there: (max abs output difference, files written).
+
+    A whole torch.export program (model.pt2), or for an encoder a Hugging Face folder (huggingface/:
+    save_pretrained plus the tokenizer) reloaded by from_pretrained from that folder alone."""
+    if result.huggingface is None:
+        path = folder / "model.pt2"
+        return save_compressed(result, example, names, path), [path]
+    from edgepack.text.prune import reload_difference, save_encoder
+
+    tensors = as_tensors({k: v[:4] for k, v in example.items()}, names)
+    saved, encoder = folder / "huggingface", getattr(result.module, "model")
+    files = save_encoder(encoder, saved, result.huggingface)
+    return reload_difference(saved, encoder, tensors), files
 
 
 def compression_manifest(result: CompressionResult, *, latency: dict, reload_difference: float) -> dict:

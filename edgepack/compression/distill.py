@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -141,16 +141,22 @@ def _validation_score(student, teacher_logits, inputs, labels) -> tuple[float, f
     return fidelity, float((top1(logits) == target).float().mean())
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
-            input_names: list[str], config, *, seed: int = 0) -> DistillReport:
-    """Train `student` in place from `teacher`; restores the best validation epoch's weights."""
+def prepare(data: dict[str, np.ndarray], labels: Optional[np.ndarray], input_names: list[str], config, seed: int):
+    """Seeded generator, train and validation input tensors, train labels (None when alpha is 1) and validation
+    labels: what every distillation here starts from."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     (train, train_labels), (valid, valid_labels) = split(data, labels, config.validation_fraction, seed)
-
     train_inputs, valid_inputs = as_tensors(train, input_names), as_tensors(valid, input_names)
     train_y = None if train_labels is None or config.alpha >= 1.0 else torch.from_numpy(train_labels)
     valid_y = None if valid_labels is None else torch.from_numpy(valid_labels)
+    return generator, train_inputs, valid_inputs, train_y, valid_y
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray], labels: Optional[np.ndarray],
+            input_names: list[str], config, *, seed: int = 0) -> DistillReport:
+    """Train `student` in place from `teacher`; restores the best validation epoch's weights."""
+    generator, train_inputs, valid_inputs, train_y, valid_y = prepare(data, labels, input_names, config, seed)
     teacher = teacher.eval()
     teacher_train, teacher_valid = _predict(teacher, train_inputs), _predict(teacher, valid_inputs)
     taps = [(_FeatureTap(student, s, "student"), _FeatureTap(teacher, t, "teacher")) for s, t in config.features]
@@ -163,32 +169,50 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
     optimizer = torch.optim.Adam(list(student.parameters()) + list(projections.parameters()), lr=config.lr)
     temperature = config.temperature
 
-    def score_of():
-        return _validation_score(student, teacher_valid, valid_inputs, valid_y)
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        batch = tuple(t[index] for t in train_inputs)
+        logits = student(*batch)
+        with torch.no_grad():
+            teacher_logits = teacher_train[index] if not taps else teacher(*batch)
+        loss = config.alpha * distillation_loss(logits, teacher_logits, temperature)
+        if train_y is not None:
+            loss = loss + (1 - config.alpha) * label_loss(logits, train_y[index])
+        for (s_tap, t_tap), projection in zip(taps, projections):
+            loss = loss + config.feature_weight * F.mse_loss(projection(s_tap.tensor), t_tap.tensor.detach())
+        return loss
 
+    binary = teacher_valid.dim() == 1
+    metric = ("AUC" if binary else "accuracy") if valid_y is not None else "top-1 agreement with the teacher"
+    report = run_epochs(student, optimizer, batch_loss, len(train_inputs[0]), config, generator,
+                        score_of=lambda: _validation_score(student, teacher_valid, valid_inputs, valid_y),
+                        metric=metric)
+    for s_tap, t_tap in taps:
+        s_tap.close()
+        t_tap.close()
+    return report
+
+
+def run_epochs(student: nn.Module, optimizer: torch.optim.Optimizer, batch_loss: Callable[[torch.Tensor], torch.Tensor],
+               count: int, config, generator: torch.Generator, *, score_of: Callable[[], tuple[float, float]],
+               metric: str) -> DistillReport:
+    """The training loop every distillation here shares: shuffled batches of `count` samples, `batch_loss(rows)`,
+    validation after each epoch, patience, a time budget (checked after every batch), and the best epoch's
+    weights restored at the end."""
     best = (score_of(), 0, copy.deepcopy(student.state_dict()))
     history, started, stopped, epoch = [], time.perf_counter(), "epochs done", 0
     for epoch in range(1, config.epochs + 1):
         student.train()
         total = 0.0
-        for index in _batches(len(train_inputs[0]), config.batch_size, generator):
-            batch = tuple(t[index] for t in train_inputs)
-            logits = student(*batch)
-            with torch.no_grad():
-                teacher_logits = teacher_train[index] if not taps else teacher(*batch)
-            loss = config.alpha * distillation_loss(logits, teacher_logits, temperature)
-            if train_y is not None:
-                loss = loss + (1 - config.alpha) * label_loss(logits, train_y[index])
-            for (s_tap, t_tap), projection in zip(taps, projections):
-                loss = loss + config.feature_weight * F.mse_loss(projection(s_tap.tensor), t_tap.tensor.detach())
+        for index in _batches(count, config.batch_size, generator):
+            loss = batch_loss(index)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(index)
+            if time.perf_counter() - started > config.time_budget_s:
+                break
         score = score_of()
-        record = {"epoch": epoch, "loss": total / len(train_inputs[0]), "validation": score[1],
-                  "validation_kl": -score[0]}
-        history.append(record)
+        history.append({"epoch": epoch, "loss": total / count, "validation": score[1], "validation_kl": -score[0]})
         if score > best[0]:
             best = (score, epoch, copy.deepcopy(student.state_dict()))
         if epoch - best[1] >= config.patience and epoch < config.epochs:
@@ -197,12 +221,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
         if time.perf_counter() - started > config.time_budget_s:
             stopped = f"time budget of {config.time_budget_s:g} s reached"
             break
-    for s_tap, t_tap in taps:
-        s_tap.close()
-        t_tap.close()
     student.load_state_dict(best[2])
     student.eval()
-    binary = teacher_valid.dim() == 1
-    metric = ("AUC" if binary else "accuracy") if valid_y is not None else "top-1 agreement with the teacher"
     return DistillReport(epochs_run=epoch, best_epoch=best[1], best_validation=best[0][1], validation_metric=metric,
                          stopped=stopped, seconds=time.perf_counter() - started, history=tuple(history))

