@@ -202,7 +202,7 @@ def tune(recipe: Path, targets: tuple[str, ...], fragment: Path | None, workers:
     if scale:
         resolved = resolved.model_copy(update={"tune": resolved.tune.model_copy(update=scale)})
     if resolved.tune.ray is not None:
-        require_ray()  # before any heavy work
+        require_ray(resolved.tune.ray)  # installed, and the address reachable, before any heavy work
     with _library_log():
         records = tune_only(resolved, TerminalProgress())
     render_tuning(records)

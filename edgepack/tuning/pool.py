@@ -31,6 +31,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import socket
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Iterator, Optional, Protocol
 
@@ -38,6 +39,7 @@ from edgepack.errors import ConfigError, MissingDependencyError, describe
 from edgepack.tuning.candidate import CandidateJob, CandidateResult, evaluate, run_in_worker
 
 MAX_DEFAULT_WORKERS = 4
+PROBE_SECONDS = 5.0  # to connect to a --ray HOST:PORT before handing it to Ray
 
 
 class CandidateExecutor(Protocol):
@@ -93,12 +95,20 @@ class LocalPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def require_ray(what: str = "edgepack tune --ray"):
-    """The ray module, or a MissingDependencyError naming the extra."""
+def require_ray(address: str, what: str = "edgepack tune --ray"):
+    """The ray module, or a MissingDependencyError naming the extra; a HOST:PORT address that accepts no
+    connection is a ConfigError here, at once, where `ray.init` would retry for minutes."""
     try:
         import ray
     except ImportError:
         raise MissingDependencyError(what, "ray", "ray") from None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address != "auto" and host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+        except OSError as exc:
+            raise ConfigError(f"--ray {address}: no Ray cluster reachable there ({describe(exc)}); start one with "
+                              f"`ray start --head`") from None
     return ray
 
 
@@ -108,7 +118,7 @@ class RayCluster:
     concurrent = True
 
     def __init__(self, address: str, workers: Optional[int], threads: int):
-        self._ray = require_ray()
+        self._ray = require_ray(address)
         self._connected = not self._ray.is_initialized()
         if self._connected:
             try:

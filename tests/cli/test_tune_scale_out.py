@@ -81,14 +81,18 @@ def test_a_process_pool_of_two_workers_finds_what_the_serial_search_finds(prepar
     _check_same_as_serial(serial, pooled, "local process pool of 2 workers")
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def ray_cluster():
     """A one-node Ray cluster (2 CPUs) started with `ray start --head` in its own process group and temp dir,
     killed with that group at the end: `ray stop` would stop every Ray process on the machine."""
     pytest.importorskip("ray")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit in 107 characters
     log = temp / "start.log"
     with log.open("w") as handle:
@@ -125,6 +129,15 @@ def test_ray_without_the_package_is_one_line_naming_the_extra(recipe_factory, in
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as when not installed
     line = expect_error(invoke("tune", path, "--ray", "auto"), "edgepack tune --ray", "pip install 'edgepack[ray]'")
     assert "'ray'" in line
+
+
+def test_a_ray_address_nobody_listens_on_is_one_line_before_any_work(recipe_factory, invoke, expect_error):
+    pytest.importorskip("ray")
+    recipe, write = recipe_factory
+    address = f"127.0.0.1:{_free_port()}"
+    line = expect_error(invoke("tune", write(recipe, "no-cluster.yaml"), "--ray", address), f"--ray {address}",
+                        "no Ray cluster reachable there", "ray start --head")
+    assert "trying" not in line
 
 
 def test_workers_must_be_positive(recipe_factory, invoke):
