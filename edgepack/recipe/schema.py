@@ -259,6 +259,9 @@ class TunedTarget(_Section):
     smooth_quant: Optional[float] = Field(None, ge=0.0, le=1.0, description="SmoothQuant migration strength "
                                           "alpha: activation outliers moved into the weights of the Linear/1x1 Conv "
                                           "layers where that is exact, on the torch side, before bias correction")
+    smooth_quant_mul: bool = Field(False, description="with smooth_quant: also smooth the layers whose producer "
+                                   "cannot absorb 1/s exactly (post-LayerNorm residuals, GELU outputs) through an "
+                                   "explicit per-channel Mul before the layer")
 
 
 class TuneConfig(_Section):
