@@ -37,8 +37,8 @@ class VariantCache:
     def __init__(self, module, float_onnx: Path, recipe: Recipe, calibration: SampleSet, folder: Path):
         self.module, self.float_onnx, self.recipe, self.calibration = module, float_onnx, recipe, calibration
         self.folder = folder
-        self._corrected: dict[Optional[float], tuple[BiasCorrection, Path]] = {}
-        self._smoothed: dict[float, tuple[Smoothing, Path]] = {}
+        self._corrected: dict[Optional[tuple[float, bool]], tuple[BiasCorrection, Path]] = {}
+        self._smoothed: dict[tuple[float, bool], tuple[Smoothing, Path]] = {}
         self._plan: Optional[SmoothingPlan] = None
 
     def _export_checked(self, module, name: str) -> Path:
@@ -56,30 +56,36 @@ class VariantCache:
                                         max_samples=self.recipe.tune.correction_samples)
         return self._plan
 
-    def smoothing_alphas(self) -> list[float]:
-        """SmoothQuant alphas worth a tuning candidate: [] when no exactly smoothable layer has outliers."""
-        return outlier_alphas(self.smoothing_plan()) if self.module is not None else []
+    def smoothing_alphas(self, *, insert_scales: bool = False) -> list[float]:
+        """SmoothQuant alphas worth a tuning candidate (`tuned.smooth_quant`, with `smooth_quant_mul` =
+        `insert_scales`): [] when no layer that can be smoothed that way has activation outliers."""
+        if self.module is None:
+            return []
+        return outlier_alphas(self.smoothing_plan(), insert_scales=insert_scales)
 
-    def smoothed(self, alpha: float) -> tuple[Smoothing, Path]:
+    def smoothed(self, alpha: float, insert_scales: bool = False) -> tuple[Smoothing, Path]:
         """The student smoothed with `alpha` and its fp32 ONNX (computed on first use)."""
-        if alpha not in self._smoothed:
+        key = (alpha, insert_scales)
+        if key not in self._smoothed:
             smoothing = smooth_quant(self.module, self.calibration.arrays, self.recipe.input_names, alpha=alpha,
-                                     plan=self.smoothing_plan())
-            self._smoothed[alpha] = (smoothing, self._export_checked(smoothing.module,
-                                                                     f"model.smooth{alpha:g}.fp32.onnx"))
-        return self._smoothed[alpha]
+                                     plan=self.smoothing_plan(), insert_scales=insert_scales)
+            name = f"model.smooth{alpha:g}{'.mul' if insert_scales else ''}.fp32.onnx"
+            self._smoothed[key] = (smoothing, self._export_checked(smoothing.module, name))
+        return self._smoothed[key]
 
-    def corrected(self, smooth_quant_alpha: Optional[float] = None) -> tuple[BiasCorrection, Path]:
+    def corrected(self, smooth_quant_alpha: Optional[float] = None,
+                  insert_scales: bool = False) -> tuple[BiasCorrection, Path]:
         """The bias-corrected student (smoothed first when `smooth_quant_alpha` is set) and its fp32 ONNX."""
-        if smooth_quant_alpha not in self._corrected:
-            base = self.module if smooth_quant_alpha is None else self.smoothed(smooth_quant_alpha)[0].module
+        key = None if smooth_quant_alpha is None else (smooth_quant_alpha, insert_scales)
+        if key not in self._corrected:
+            base = self.module if key is None else self.smoothed(*key)[0].module
             correction = correct_biases(base, self.calibration.arrays, self.recipe.input_names,
                                         per_channel=self.recipe.quantization.per_channel,
                                         max_samples=self.recipe.tune.correction_samples)
-            suffix = "" if smooth_quant_alpha is None else f".smooth{smooth_quant_alpha:g}"
-            self._corrected[smooth_quant_alpha] = (correction, self._export_checked(
+            suffix = "" if key is None else f".smooth{key[0]:g}{'.mul' if key[1] else ''}"
+            self._corrected[key] = (correction, self._export_checked(
                 correction.module, f"model{suffix}.bias_corrected.fp32.onnx"))
-        return self._corrected[smooth_quant_alpha]
+        return self._corrected[key]
 
     def correction_layers(self) -> list[dict[str, Any]]:
         """The corrections made by the first bias correction that ran, if any ran."""
@@ -96,12 +102,14 @@ class VariantCache:
         build = TunedBuild(module=self.module, float_onnx=self.float_onnx, method=tuned.method or default_method,
                            float_modules=tuple(tuned.float_modules))
         if tuned.smooth_quant is not None:
-            build.smoothing, build.float_onnx = self.smoothed(tuned.smooth_quant)
+            build.smoothing, build.float_onnx = self.smoothed(tuned.smooth_quant, tuned.smooth_quant_mul)
             build.module = build.smoothing.module
             build.notes.append(f"SmoothQuant alpha {tuned.smooth_quant:g}: {len(build.smoothing.smoothed)} layer(s) "
                                f"smoothed, {len(build.smoothing.skipped)} skipped (migration not exact there)")
+        elif tuned.smooth_quant_mul:
+            raise ConfigError("tuned: smooth_quant_mul needs smooth_quant (an alpha)")
         if tuned.bias_correction:
-            build.correction, build.float_onnx = self.corrected(tuned.smooth_quant)
+            build.correction, build.float_onnx = self.corrected(tuned.smooth_quant, tuned.smooth_quant_mul)
             build.module = build.correction.module
         return build
 
@@ -111,6 +119,8 @@ def fragment_entry(tuned: TunedTarget) -> dict[str, Any]:
     entry: dict[str, Any] = {"method": tuned.method.model_dump()} if tuned.method is not None else {}
     if tuned.smooth_quant is not None:
         entry["smooth_quant"] = tuned.smooth_quant
+    if tuned.smooth_quant_mul:
+        entry["smooth_quant_mul"] = True
     if tuned.bias_correction:
         entry["bias_correction"] = True
     if tuned.float_modules:

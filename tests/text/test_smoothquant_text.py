@@ -52,7 +52,8 @@ def test_smoothing_a_bert_keeps_its_logits_and_names_what_it_skipped(tiny_text):
 def test_tuned_smooth_quant_packs_x86_and_cuda_from_the_smoothed_model(tiny_text, tmp_path):
     out = tmp_path / "bundle"
     recipe = tiny_text / "recipe_smooth.yaml"
-    tuned = {"x86": {"smooth_quant": 0.5}, "cuda": {"smooth_quant": 0.5, "bias_correction": True}}
+    tuned = {"x86": {"smooth_quant": 0.5},
+             "cuda": {"smooth_quant": 0.8, "smooth_quant_mul": True, "bias_correction": True}}
     recipe.write_text(yaml.safe_dump(text_recipe(tiny_text, out, ["x86", "cuda"], tuned=tuned)))
     result = CliRunner().invoke(main, ["pack", str(recipe), "--no-bench"])
     assert result.exit_code == EXIT_OK, result.output

@@ -75,7 +75,7 @@ def test_inexact_migrations_are_skipped_with_their_reason():
 
 def test_the_detector_asks_for_smoothing_only_where_there_are_outliers():
     assert smoothing_alphas(LayerNormMlp(outliers=False).eval(), _arrays(), ["features"]) == []
-    assert smoothing_alphas(LayerNormMlp(outliers=True).eval(), _arrays(), ["features"]) == [0.5]
+    assert smoothing_alphas(LayerNormMlp(outliers=True).eval(), _arrays(), ["features"]) == [0.5, 0.8]
 
 
 def test_alpha_zero_and_one_are_exact_too_and_outside_is_refused():
