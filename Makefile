@@ -51,10 +51,10 @@ demo-mobilenet: $(STAMP) $(MOBILENET)/artifacts/model.safetensors
 $(TEXT)/artifacts/model/model.safetensors: | $(STAMP)
 	cd $(TEXT) && ../../$(PY) train.py
 
-# Exit 3 (a target over budget) is expected here: the cuda INT8-QDQ artifact misses the recipe's 0.97
-# top-1 agreement (0.966 measured, examples/text_classifier/README.md); the other artifacts pass.
+# Every artifact meets the recipe's budget: cuda INT8-QDQ through its `tuned` SmoothQuant entry (0.976
+# top-1 agreement, 0.966 without it; examples/text_classifier/README.md), so any non-zero exit is a failure.
 demo-text: $(STAMP) $(TEXT)/artifacts/model/model.safetensors
-	$(VENV)/bin/edgepack pack $(TEXT)/recipe.yaml --out dist/text_classifier || test $$? -eq 3
+	$(VENV)/bin/edgepack pack $(TEXT)/recipe.yaml --out dist/text_classifier
 
 # Lint (ruff: errors, style, import order) and type-check the typed core (mypy), then every test.
 lint: $(STAMP)
