@@ -14,7 +14,14 @@ from edgepack.errors import ConfigError
 from edgepack.model.onnx_export import check_against_torch, export_float_onnx
 from edgepack.recipe.schema import Recipe, TunedTarget
 from edgepack.tuning.bias_correction import BiasCorrection, correct_biases
-from edgepack.tuning.smoothquant import Smoothing, SmoothingPlan, outlier_alphas, plan_smoothing, smooth_quant
+from edgepack.tuning.smoothquant import (
+    ScaledInput,
+    Smoothing,
+    SmoothingPlan,
+    outlier_alphas,
+    plan_smoothing,
+    smooth_quant,
+)
 
 
 @dataclass
@@ -111,7 +118,15 @@ class VariantCache:
         if tuned.bias_correction:
             build.correction, build.float_onnx = self.corrected(tuned.smooth_quant, tuned.smooth_quant_mul)
             build.module = build.correction.module
+        build.float_modules = wrapped_names(build.module, build.float_modules)
         return build
+
+
+def wrapped_names(module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` of Conv/Linear modules as they are called in `module`, where explicit SmoothQuant scales
+    wrap a layer (`fc` becomes `fc.layer`, whose weight the exporters name `fc.layer.weight`)."""
+    layers = dict(module.named_modules()) if module is not None else {}
+    return tuple(f"{name}.layer" if isinstance(layers.get(name), ScaledInput) else name for name in names)
 
 
 def fragment_entry(tuned: TunedTarget) -> dict[str, Any]:

@@ -121,11 +121,12 @@ class Search:
         self.trials: list[TrialRecord] = []
         self.latency_artifacts: list[Optional[Path]] = []  # per trial, for latency measured afterwards
         self._submitted = 0
+        self.skipped: list[str] = []  # techniques the search could not consider on this model, and why
 
     def steps(self) -> Steps:
         """Try candidates in order of cost until one meets the budget."""
         methods = methods_to_try(self.target, self.recipe)
-        tried = yield from self._tier([Candidate(_tuned(method), _method_label(method)) for method in methods])
+        tried = yield from self._tier([Candidate(_tuned(method), _label(_tuned(method))) for method in methods])
         if tried[-1].passed:
             return self._record()
         best = None
@@ -133,17 +134,33 @@ class Search:
             best = self._better(best, trial)
         assert best is not None
         method = TunedTarget.model_validate(best.config).method or self.recipe.calibration.method
-        corrected, = yield from self._tier([Candidate(_tuned(method, bias_correction=True),
-                                                      f"{_method_label(method)}, bias correction")])
+        with_correction = _tuned(method, bias_correction=True)
+        corrected, = yield from self._tier([Candidate(with_correction, _label(with_correction))])
         if corrected.passed:
             return self._record()
         use_correction = corrected.error is None and _agreement(corrected) > _agreement(best)
-        prefixes = [Candidate(_tuned(method, bias_correction=use_correction, float_modules=self.data.order[:length]),
-                              f"{_method_label(method)}, {'bias correction, ' if use_correction else ''}"
-                              f"first {length} layer(s) float")
+        base = _tuned(method, bias_correction=use_correction)
+        smoothing = [_tuned(method, bias_correction=use_correction, smooth=(alpha, insert))
+                     for insert in (False, True) for alpha in self._smoothing_alphas(insert)]
+        if smoothing:  # activations with outlier channels: migrate part of their range into the weights
+            smoothed = yield from self._tier([Candidate(tuned, _label(tuned)) for tuned in smoothing])
+            if smoothed[-1].passed:
+                return self._record()
+            closest = max(smoothed, key=_agreement)
+            if closest.error is None and _agreement(closest) > _agreement(corrected if use_correction else best):
+                base = TunedTarget.model_validate(closest.config | {"method": method.model_dump()})
+        prefixes = [base.model_copy(update={"float_modules": self.data.order[:length]})
                     for length in prefix_lengths(self.data, self.recipe.tune.max_float_layers)]
-        yield from self._tier(prefixes)
+        yield from self._tier([Candidate(tuned, _label(tuned)) for tuned in prefixes])
         return self._record()
+
+    def _smoothing_alphas(self, insert_scales: bool) -> list[float]:
+        """SmoothQuant alphas worth trying ([] without outliers); a model the analysis cannot trace gets none."""
+        try:
+            return self.data.variants.smoothing_alphas(insert_scales=insert_scales)
+        except Exception as exc:  # the analysis is an optimization: its failure must not stop the search
+            self.skipped.append(f"SmoothQuant analysis skipped: {describe(exc)}")
+            return []
 
     def _tier(self, candidates: list[Candidate]) -> Generator[Wave, list[CandidateResult], list[TrialRecord]]:
         """Waves of the tier until a candidate passes: the trials kept, in order of cost."""
@@ -198,6 +215,7 @@ class Search:
         checked, not_checked = checkable_budget(self.recipe, sample_metrics)
         variants = self.data.variants
         corrections = sorted(variants.correction_layers(), key=lambda item: -item["max_shift"])[:SENSITIVE_LISTED]
+        reason = "; ".join([reason, *self.skipped])
         return TuningRecord(target=self.target.name, met_budget=bool(passing), chosen=chosen, reason=reason,
                             trials=self.trials, fit_samples=self.data.fit.num_samples,
                             holdout_samples=self.data.holdout.num_samples, bounds_checked=sorted(checked),
@@ -229,10 +247,25 @@ def _method_label(method: CalibrationMethod) -> str:
     return f"{method.name} {method.percentile}" if isinstance(method, Percentile) else method.name
 
 
-def _tuned(method: CalibrationMethod, *, bias_correction: bool = False,
-           float_modules: Optional[list[str]] = None) -> TunedTarget:
-    return TunedTarget.model_validate({"method": method.model_dump(), "bias_correction": bias_correction,
-                                       "float_modules": float_modules or []})
+def _tuned(method: CalibrationMethod, *, bias_correction: bool = False, float_modules: Optional[list[str]] = None,
+           smooth: Optional[tuple[float, bool]] = None) -> TunedTarget:
+    entry = {"method": method.model_dump(), "bias_correction": bias_correction, "float_modules": float_modules or []}
+    if smooth is not None:
+        entry |= {"smooth_quant": smooth[0], "smooth_quant_mul": smooth[1]}
+    return TunedTarget.model_validate(entry)
+
+
+def _label(tuned: TunedTarget) -> str:
+    """A candidate's name in the terminal and the record: what it changes, in order of application."""
+    parts = [_method_label(tuned.method)] if tuned.method is not None else []
+    if tuned.smooth_quant is not None:
+        scales = " (explicit scales)" if tuned.smooth_quant_mul else ""
+        parts.append(f"SmoothQuant alpha {tuned.smooth_quant:g}{scales}")
+    if tuned.bias_correction:
+        parts.append("bias correction")
+    if tuned.float_modules:
+        parts.append(f"first {len(tuned.float_modules)} layer(s) float")
+    return ", ".join(parts)
 
 
 def sensitivity_for(module, holdout: SampleSet, recipe: Recipe) -> list[LayerSensitivity]:
