@@ -64,6 +64,9 @@ class ExportContext:
     options: BaseModel = NoOptions()
     threads: int = 2  # for measurements a target makes while choosing how to build
     float_modules: tuple[str, ...] = ()  # torch modules kept float (recipe `tuned`): Conv/Linear + activation
+    # The float model's own fp32 ONNX when `float_onnx` is a variant made for quantization (bias-corrected:
+    # not the same function); artifacts that are not quantized (fp16) are built from it. None: float_onnx.
+    unquantized_onnx: Optional[Path] = None
 
 
 class Target(ABC):

@@ -104,6 +104,7 @@ class CandidateJob:
     float_onnx: Path
     method: CalibrationMethod
     float_modules: tuple[str, ...]
+    unquantized_onnx: Path  # the student's own fp32 ONNX, for artifacts that are not quantized (fp16)
     files: SearchFiles
     folder: Path  # out/ and work/ of this candidate
     threads: int
@@ -182,7 +183,7 @@ def _build_and_run(job: CandidateJob, measure_latency: bool) -> CandidateResult:
     context = ExportContext(float_onnx=job.float_onnx, module=module, inputs=list(recipe.inputs), calibration=fit,
                             method=job.method, quantization=recipe.quantization, out_dir=job.folder / "out",
                             scratch_dir=job.folder / "work", options=job.options, threads=job.threads,
-                            float_modules=job.float_modules)
+                            float_modules=job.float_modules, unquantized_onnx=job.unquantized_onnx)
     artifacts = target.export(context)
     failures, metrics, size = [], {}, 0
     latency, latency_artifact = None, None

@@ -189,7 +189,8 @@ class Search:
             return failed(candidate.tuned, candidate.label, describe(exc))
         return CandidateJob(target=self.target, options=self.options, recipe=self.recipe, tuned=candidate.tuned,
                             label=candidate.label, module=pickle_module(build.module), float_onnx=build.float_onnx,
-                            method=build.method, float_modules=build.float_modules, files=self.data.files,
+                            method=build.method, float_modules=build.float_modules,
+                            unquantized_onnx=self.data.variants.float_onnx, files=self.data.files,
                             folder=folder, threads=self.threads,
                             setup_seconds=time.perf_counter() - started)
 

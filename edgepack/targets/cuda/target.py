@@ -57,7 +57,9 @@ class CudaTarget(Target):
         options = cast(CudaOptions, context.options)
         validation = self._validation_note()
         fp16_path = context.out_dir / "model.fp16.onnx"
-        fp16 = convert_float_to_float16(onnx.load(str(context.float_onnx)), keep_io_types=options.keep_io_types)
+        # fp16 needs no quantization help: built from the float model itself, never from a bias-corrected variant
+        fp16 = convert_float_to_float16(onnx.load(str(context.unquantized_onnx or context.float_onnx)),
+                                        keep_io_types=options.keep_io_types)
         onnx.save(fp16, str(fp16_path))
         compact = context.quantization.compact_names
         artifacts = [self._artifact(fp16_path, "fp16", onnxruntime.__version__, validation, compact,
