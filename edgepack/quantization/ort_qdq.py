@@ -119,7 +119,8 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
     prepared = scratch / "prepared.onnx"
     cache = scratch / "calibration_cache.json"
     # Weight schemes of one target share the prepared graph and the activation ranges: reuse them.
-    key = json.dumps([str(float_path), settings.embedding_bits, method.model_dump(), list(input_names)])
+    key = json.dumps([str(float_path), settings.embedding_bits, method.model_dump(), list(input_names),
+                      list(settings.op_types or ())])
     memo = scratch / "prepared.json"
     with quiet_python_output(""):
         cached = json.loads(memo.read_text()) if memo.is_file() else {}
@@ -133,7 +134,10 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
             tables, float_nodes = [], []
             if settings.embedding_bits is not None:
                 tables, float_nodes = quantize_tables(prepared, bits=settings.embedding_bits)
-            compute_ranges(prepared, calibration, input_names, method, cache)
+            # only the tensors of the op types quantized: a transformer's additive attention mask (-3.4e38)
+            # would otherwise enter a histogram calibrator ("too many bins") though it is never quantized
+            compute_ranges(prepared, calibration, input_names, method, cache,
+                           op_types=list(settings.op_types) if settings.op_types else None)
             memo.write_text(json.dumps({"key": key, "tables": tables, "float_nodes": float_nodes}))
         float_nodes = list(float_nodes)
         if settings.keep_input_convs_float:
