@@ -44,7 +44,8 @@ demo-recommender: $(STAMP) $(RECOMMENDER)/artifacts/model.safetensors
 $(MOBILENET)/artifacts/model.safetensors: | $(STAMP)
 	cd $(MOBILENET) && ../../$(PY) prepare.py
 
-# Exit 3 (a target over budget) is expected here until issue 13's tuning lands: the recipe asks 0.97 agreement.
+# Exit 3 (a target over budget) is expected here: with the recipe's tuned configurations cuda INT8 agrees 0.960
+# and x86 INT8 0.967 on an AVX2 host, under the 0.97 asked (examples/mobilenet_v2/README.md).
 demo-mobilenet: $(STAMP) $(MOBILENET)/artifacts/model.safetensors
 	$(VENV)/bin/edgepack pack $(MOBILENET)/recipe.yaml --out dist/mobilenet_v2 || test $$? -eq 3
 
