@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from edgepack.bundle.build import machine_facts
 from edgepack.bundle.files import Bundle
 from edgepack.bundle.manifest import BenchFigures
 from edgepack.bundle.sections import BenchRow
+from edgepack.capture import library_output_to_log
 from edgepack.isa import host_isa
 from edgepack.pipeline import pack
 from edgepack.recipe.load import load_recipe
@@ -80,21 +82,10 @@ def image_classifier(repeats: int) -> tuple[list[tuple], dict]:
                   "peak_rss_mb": {row.name: row.peak_rss_mb for row in first.rows}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--only", choices=("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned",
-                                           "mobilenet"), action="append",
-                        help="run only these parts (repeatable; default: all but mobilenet, which takes ~15 min)")
-    parser.add_argument("--tune", action="store_true", help="mobilenet: run edgepack tune first (timed) instead of "
-                        "the recipe's tuned configurations")
-    args = parser.parse_args()
-    parts = set(args.only or ("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"))
-    machine = machine_facts(threads=2)
-    print(f"machine: {machine.processor}, {machine.cpu_count} cores, 2 threads, {machine.platform}")
-    print(host_isa().line())
-    sections, details = {}, {}
+def run_parts(parts: set[str], args: argparse.Namespace) -> tuple[dict[str, list[tuple]], dict]:
+    """The benchmark sections asked for, in order: {title: rows}, and the image example's details."""
+    sections: dict[str, list[tuple]] = {}
+    details: dict = {}
     if "image" in parts:
         sections["image_classifier (x86 + cuda)"], details = image_classifier(args.repeats)
     if "isa" in parts:
@@ -110,6 +101,35 @@ def main() -> None:
         sections["recommender pruned 30% params + recovered (x86)"] = pruned_recommender(args.repeats)
     if "mobilenet" in parts:
         sections["MobileNetV2, pretrained, 4 targets, tuned (issue 13)"] = mobilenet(args.repeats, tune=args.tune)
+    return sections, details
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--only", choices=("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned",
+                                           "mobilenet"), action="append",
+                        help="run only these parts (repeatable; default: all but mobilenet, which takes ~15 min)")
+    parser.add_argument("--verbose", action="store_true", help="let the libraries print to the terminal")
+    parser.add_argument("--tune", action="store_true", help="mobilenet: run edgepack tune first (timed) instead of "
+                        "the recipe's tuned configurations")
+    args = parser.parse_args()
+    parts = set(args.only or ("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned"))
+    machine = machine_facts(threads=2)
+    print(f"machine: {machine.processor}, {machine.cpu_count} cores, 2 threads, {machine.platform}")
+    print(host_isa().line())
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    library_log = args.out / f"bench-{stamp}.log"
+    if not args.verbose:
+        print(f"third-party output: {library_log}", flush=True)
+    with library_output_to_log(lambda out, err: None, verbose=args.verbose) as log:
+        try:
+            sections, details = run_parts(parts, args)
+        finally:
+            if log is not None:
+                shutil.copyfile(log, library_log)
     rows = [row for section in sections.values() for row in section]
     for title, section in sections.items():
         print(f"\n{title:64} {'value':>9}  {'target':>8}  ok")
@@ -119,12 +139,11 @@ def main() -> None:
         print(f"\nmedian latency at {details['batch']} (ms), bench run 1 / run 2, each entry in a fresh process:")
         for name, (first, second) in details["medians_ms_run1_run2"].items():
             print(f"  {name:40} {first:8.2f} {second:8.2f}")
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine.to_json_dict(), "isa": host_isa().to_dict(),
               "sections": {title: [dict(zip(("measure", "value", "target", "ok"), row)) for row in section]
                            for title, section in sections.items()},
               "details": details, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     sys.exit(0 if all(ok for *_, ok in rows) else 1)
