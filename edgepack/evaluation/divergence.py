@@ -66,6 +66,8 @@ def _probe_points(model: onnx.ModelProto, *, quantized: bool) -> list[Probe]:
         if node.op_type not in COMPUTE:
             continue
         tensor = _after_activation(node, consumers)
+        if quantized and tensor == node.output[0]:
+            tensor = _activation_behind_qdq(tensor, consumers) or tensor
         quantize = None
         if quantized:
             followers = consumers.get(tensor, [])
@@ -74,6 +76,19 @@ def _probe_points(model: onnx.ModelProto, *, quantized: bool) -> list[Probe]:
                 tensor = quantize.output[0]
         points.append((node, tensor, quantize))
     return points
+
+
+def _activation_behind_qdq(tensor: str, consumers: dict[str, list]) -> Optional[str]:
+    """The output of the Relu/Clip behind `tensor -> QuantizeLinear -> DequantizeLinear`, or None.
+
+    Symmetric activations (cuda's TensorRT-style QDQ) keep the activation as its own node, quantized on
+    both sides; the float graph's layer is read after its activation, so the artifact's must be too."""
+    for op_types in (("QuantizeLinear",), ("DequantizeLinear",), ("Relu", "Clip")):
+        followers = consumers.get(tensor, [])
+        if len(followers) != 1 or followers[0].op_type not in op_types:
+            return None
+        tensor = followers[0].output[0]
+    return tensor
 
 
 def _expose(model: onnx.ModelProto, tensors: dict[str, Any]) -> bytes:

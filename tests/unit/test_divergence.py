@@ -26,16 +26,32 @@ def _images(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"image": np.random.default_rng(seed).normal(size=(count, 3, 10, 10)).astype(np.float32)}
 
 
-@pytest.fixture
-def graphs(tmp_path):
+def _quantized(tmp_path, settings: QdqSettings):
     spec = InputSpec(name="image", dtype="float32", shape=["batch", 3, 10, 10])
     float_path = export_float_onnx(_net(), [spec], _images(2), tmp_path / "float.onnx")
     artifact = tmp_path / "int8.onnx"
     (tmp_path / "work").mkdir()
     quantize_qdq(float_path, artifact, calibration=sample_set(_images(32), role="calibration"),
-                 input_names=["image"], method=MinMax(), settings=QdqSettings(keep_input_convs_float=False),
-                 scratch=tmp_path / "work")
+                 input_names=["image"], method=MinMax(), settings=settings, scratch=tmp_path / "work")
     return float_path, artifact
+
+
+@pytest.fixture
+def graphs(tmp_path):
+    return _quantized(tmp_path, QdqSettings(keep_input_convs_float=False))
+
+
+def test_symmetric_qdq_layers_are_read_after_their_activation(tmp_path):
+    """cuda's TensorRT-style graph quantizes a conv's output before its Relu (a node of its own): the
+    layer is read after the Relu, as in the float graph, not before it (an error near 1 on every layer)."""
+    settings = QdqSettings(activation_type="int8", weight_type="int8", symmetric_activations=True,
+                           keep_input_convs_float=False)
+    float_path, artifact = _quantized(tmp_path, settings)
+    model = onnx.load(str(artifact))
+    assert [node.op_type for node in model.graph.node].count("Relu") == 3  # the activations stayed nodes
+    record = onnx_divergence(float_path, artifact, _images(8, seed=1), threads=1, fake_quant=True)
+    assert [layer.module for layer in record.layers] == ["0", "2", "4", "7"]
+    assert all(0 < layer.relative_error < 0.2 for layer in record.layers), record.layers
 
 
 def test_every_layer_is_paired_and_named_after_its_module(graphs):
