@@ -29,11 +29,13 @@ from edgepack.bundle.manifest import (
 from edgepack.bundle.signing import fingerprint, sign_bundle
 from edgepack.calibration.dataset import SampleSet, load_sample_set
 from edgepack.capture import LOG_NAME
-from edgepack.compression.compress import CompressionResult, compress, compression_manifest, save_compressed
+from edgepack.compression.compress import CompressionResult, compress, compression_manifest, save_student
 from edgepack.device.golden import artifact_inputs, copy_device_script, write_golden
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError, describe
 from edgepack.evaluation import tasks
 from edgepack.evaluation.divergence import DivergenceRecord, onnx_divergence
+from edgepack.evaluation.divergence_pte import pte_divergence, requantize_like_target
+from edgepack.evaluation.divergence_tflite import tflite_divergence
 from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.latency import measure_batches
 from edgepack.evaluation.runners import FAKE_QUANT_DEVICE, OrtRunner, Runner, TorchRunner
@@ -335,8 +337,8 @@ def _pruned_outputs(compressed: CompressionResult, recipe: Recipe, evaluation: S
     """Write the pruned model (whole program + fp32 ONNX), check both, measure it, describe it."""
     folder = stage / PRUNED_DIR
     folder.mkdir()
-    program, onnx_path = folder / "model.pt2", folder / "model.fp32.onnx"
-    reload_difference = save_compressed(compressed, evaluation.arrays, recipe.input_names, program)
+    onnx_path = folder / "model.fp32.onnx"
+    reload_difference, saved = save_student(compressed, evaluation.arrays, recipe.input_names, folder)
     if reload_difference > 1e-5:
         raise ExportError(f"the reloaded pruned model differs from the pruned model by {reload_difference:.3g}")
     _export_checked(compressed.module, recipe, evaluation, onnx_path)
@@ -351,7 +353,7 @@ def _pruned_outputs(compressed: CompressionResult, recipe: Recipe, evaluation: S
     }
     section = PruningSection.model_validate(compression_manifest(compressed, latency=latency,
                                                                  reload_difference=reload_difference))
-    section.files = [_file_entry(path, stage) for path in (program, onnx_path)]
+    section.files = [_file_entry(path, stage) for path in (*saved, onnx_path)]
     return section
 
 
@@ -378,12 +380,13 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
         if tuned is not None and tuned.bias_correction:
             with progress.step(f"{target.name}: bias correction on {recipe.tune.correction_samples} calibration "
                                "samples"):
-                variants.corrected()
+                variants.corrected(tuned.smooth_quant, tuned.smooth_quant_mul)
         build = variants.build(tuned, recipe.calibration.method)
         context = ExportContext(float_onnx=build.float_onnx, module=build.module, inputs=list(recipe.inputs),
                                 calibration=calibration, method=build.method,
                                 quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
-                                options=options, threads=recipe.latency.threads, float_modules=build.float_modules)
+                                options=options, threads=recipe.latency.threads, float_modules=build.float_modules,
+                                unquantized_onnx=variants.float_onnx)
         with progress.step(f"{target.name}: building artifacts"):
             artifacts = target.export(context)
         results = []
@@ -397,9 +400,9 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
                 latency = measure_batches(runner, evaluation.arrays, recipe.latency)
                 golden = _golden_files(artifact, recipe, evaluation, outputs, reference_outputs, stage)
             divergence = None
-            if not drift.passed and artifact.format == "onnx" and "int8" in artifact.precision:
+            if not drift.passed and "int8" in artifact.precision:
                 with progress.step(f"{target.name}: localizing where {artifact.path.name} diverges"):
-                    divergence = _localize(build.float_onnx, artifact, runner, evaluation, recipe, stage)
+                    divergence = _localize(context, artifact, runner, evaluation, recipe, stage)
             results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),
                                           sha256=sha256_file(artifact.path), size_bytes=artifact.path.stat().st_size,
                                           drift=drift, latency=latency, validated_on=validated_on(artifact, runner),
@@ -416,15 +419,27 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
 DIVERGENCE_SAMPLES = 16
 
 
-def _localize(float_onnx: Path, artifact: Artifact, runner: Runner, evaluation: SampleSet, recipe: Recipe,
+def _localize(context: ExportContext, artifact: Artifact, runner: Runner, evaluation: SampleSet, recipe: Recipe,
               stage: Path) -> DivergenceRecord:
-    """First-divergence localization of a failing ONNX artifact on a few evaluation samples; a model it
-    cannot pair layer by layer gets a record that says why instead of failing the target."""
+    """First-divergence localization of a failing INT8 artifact (ONNX, .tflite, .pte) on a few evaluation samples;
+    a model it cannot pair layer by layer gets a record that says why instead of failing the target."""
     feeds = {name: array[:DIVERGENCE_SAMPLES] for name, array in evaluation.arrays.items()}
     label = str(artifact.path.relative_to(stage))
+    threads = recipe.latency.threads
     try:
-        return onnx_divergence(float_onnx, artifact.path, feeds, threads=recipe.latency.threads,
-                               fake_quant=FAKE_QUANT_DEVICE in runner.device, label=label)
+        if artifact.format == "onnx":
+            return onnx_divergence(context.float_onnx, artifact.path, feeds, threads=threads,
+                                   fake_quant=FAKE_QUANT_DEVICE in runner.device, label=label)
+        if artifact.format == "tflite" and context.module is not None:
+            return tflite_divergence(context.module, artifact.path, feeds, recipe.input_names, threads=threads,
+                                     label=label)
+        if artifact.format == "pte" and context.module is not None:
+            quantized = requantize_like_target(context.module, context, recipe.input_names)
+            return pte_divergence(context.module, quantized, feeds, recipe.input_names,
+                                  verified_outputs=runner(feeds), label=label)
+        return DivergenceRecord(artifact=label, samples=len(next(iter(feeds.values()))), layers=[],
+                                note=f"not localized: no layer-by-layer comparison for a {artifact.format} "
+                                     f"{artifact.precision} artifact")
     except Exception as exc:  # a diagnosis must not turn a drift failure into an error
         return DivergenceRecord(artifact=label, samples=DIVERGENCE_SAMPLES, layers=[],
                                 note=f"not localized: {describe(exc)}")
