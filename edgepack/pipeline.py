@@ -434,7 +434,7 @@ def _localize(context: ExportContext, artifact: Artifact, runner: Runner, evalua
             return tflite_divergence(context.module, artifact.path, feeds, recipe.input_names, threads=threads,
                                      label=label)
         if artifact.format == "pte" and context.module is not None:
-            quantized = requantize_like_target(context.module, context, recipe.input_names)
+            quantized = requantize_like_target(context, recipe.input_names)
             return pte_divergence(context.module, quantized, feeds, recipe.input_names,
                                   verified_outputs=runner(feeds), label=label)
         return DivergenceRecord(artifact=label, samples=len(next(iter(feeds.values()))), layers=[],

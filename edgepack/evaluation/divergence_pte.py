@@ -100,24 +100,9 @@ def pte_divergence(module, quantized_module, feeds: dict[str, np.ndarray], input
                           compared=COMPARED, note=note)
 
 
-def requantize_like_target(module, context, input_names: list[str]):
-    """The arm-xnnpack target's PT2E graph for `context`, quantized again as its export does: the same quantizer
-    configuration (dynamic activations for a transformer with an additive mask), observers, calibration set,
-    embedding tables and float modules."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+def requantize_like_target(context, input_names: list[str]):
+    """The arm-xnnpack target's PT2E graph for `context`, quantized again as its export does (the target's own
+    quantize_for_xnnpack: quantizer configuration, observers, calibration set, embedding tables, float modules)."""
+    from edgepack.targets.arm_xnnpack.target import quantize_for_xnnpack
 
-    from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
-    from edgepack.quantization.transformer_int8 import additive_mask_constant
-    from edgepack.targets.arm_xnnpack.tables import quantize_embeddings
-
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) \
-        if additive_mask_constant(context.float_onnx) is not None \
-        else with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
-    size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
-    with_tables, _ = quantize_embeddings(module, bits=context.quantization.embedding_bits)
-    return calibrated_pt2e(with_tables, example_batch(context.calibration, input_names, size), context.calibration,
-                           XNNPACKQuantizer().set_global(config), fold_quantize=True,
-                           float_modules=context.float_modules).module
+    return quantize_for_xnnpack(context, input_names)[0].module

@@ -112,7 +112,7 @@ def test_a_model_it_cannot_pair_gets_a_note(tflite):
 def pte(tmp_path_factory):
     pytest.importorskip("executorch")
     module, context, artifact = _export("arm-xnnpack", tmp_path_factory.mktemp("pte"))
-    return module, requantize_like_target(module, context, ["image"]), artifact.path
+    return module, requantize_like_target(context, ["image"]), artifact.path
 
 
 def test_pte_taps_reproduce_the_artifact_and_name_every_layer(pte):

@@ -49,30 +49,11 @@ class XnnpackArmTarget(Target):
                               "it cannot start from an ONNX file")
         import torch
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
-
-        # Shared PT2E helpers: same observers for the recipe's method, same calibration loop.
-        from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
 
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()
-        # A transformer's additive attention mask (-3.4e38) would flatten every static activation range it
-        # enters: its linear layers are quantized dynamically instead (edgepack.quantization.transformer_int8).
-        mask_value = additive_mask_constant(context.float_onnx)
-        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) if mask_value is not None \
-            else with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
-        quantizer = XNNPACKQuantizer().set_global(config)
-        size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
-        example = example_batch(context.calibration, names, size)
-        # Tables first, on the eager module (see edgepack.targets.arm_xnnpack.tables); the static quantizer
-        # leaves them alone.
-        module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
-        quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True,
-                                    float_modules=context.float_modules)
+        quantized, tables, example, mask_value = quantize_for_xnnpack(context, names)
         # A batch of 1 in the example would specialise the batch dimension; size >= 2 keeps it symbolic.
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         path = context.out_dir / "model.int8.pte"
@@ -122,6 +103,34 @@ class XnnpackArmTarget(Target):
     def runner(self, path: Path, *, threads: int) -> "PteRunner":
         """executorch.runtime with the XNNPACK backend compiled into its Python bindings."""
         return PteRunner(path, threads=threads)
+
+
+def quantize_for_xnnpack(context: ExportContext, names: list[str]):
+    """The PT2E-quantized module this target lowers, with its embedding tables, example batch and the
+    attention-mask constant (None for a model without one). Shared with edgepack.evaluation.divergence_pte,
+    which re-lowers the same graph with its conv outputs tapped."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    # Shared PT2E helpers: same observers for the recipe's method, same calibration loop.
+    from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
+
+    # A transformer's additive attention mask (-3.4e38) would flatten every static activation range it
+    # enters: its linear layers are quantized dynamically instead (edgepack.quantization.transformer_int8).
+    mask_value = additive_mask_constant(context.float_onnx)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) if mask_value is not None \
+        else with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
+    example = example_batch(context.calibration, names, size)
+    # Tables first, on the eager module (see edgepack.targets.arm_xnnpack.tables); the static quantizer
+    # leaves them alone.
+    module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
+    quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True,
+                                float_modules=context.float_modules)
+    return quantized, tables, example, mask_value
 
 
 def _load_program(path: Path):
