@@ -40,4 +40,15 @@ class Entropy(_Method):
     num_quantized_bins: int = Field(128, ge=16, le=255)
 
 
-CalibrationMethod = Annotated[Union[MinMax, Percentile, Entropy], Field(discriminator="name")]
+class PerTensorMse(_Method):
+    """Per activation tensor, the range among minmax and the `CANDIDATES` percentiles of that tensor's
+    histogram with the least expected squared quantization error (clipping beyond the range plus
+    rounding inside it) on the target's activation grid: asymmetric uint8 on x86, symmetric int8 on cuda.
+    """
+
+    name: Literal["mse"] = "mse"
+    num_bins: int = Field(default=2048, ge=256, le=16384, multiple_of=2)  # even: the histogram folds about zero
+    CANDIDATES: ClassVar[tuple[float, ...]] = (100.0, 99.999, 99.99, 99.9, 99.0)  # 100: the observed min and max
+
+
+CalibrationMethod = Annotated[Union[MinMax, Percentile, Entropy, PerTensorMse], Field(discriminator="name")]

@@ -9,12 +9,13 @@ default (where it collapses to MinMax).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
-from edgepack.calibration.methods import Entropy, MinMax, Percentile
+from edgepack.calibration.methods import Entropy, MinMax, Percentile, PerTensorMse
 from edgepack.errors import CalibrationError, MissingDependencyError, describe
 
 
@@ -22,8 +23,9 @@ def ort_method(method):
     """The onnxruntime CalibrationMethod matching one of our method configs."""
     from onnxruntime.quantization import CalibrationMethod
 
+    # PerTensorMse collects the same real-valued histograms as Percentile, then picks its own ranges
     return {MinMax: CalibrationMethod.MinMax, Percentile: CalibrationMethod.Percentile,
-            Entropy: CalibrationMethod.Entropy}[type(method)]
+            Entropy: CalibrationMethod.Entropy, PerTensorMse: CalibrationMethod.Percentile}[type(method)]
 
 
 def calibrator_options(method) -> dict:
@@ -32,7 +34,83 @@ def calibrator_options(method) -> dict:
         return {"percentile": method.percentile, "symmetric": False}
     if isinstance(method, Entropy):
         return {"num_bins": method.num_bins, "num_quantized_bins": method.num_quantized_bins, "symmetric": False}
+    if isinstance(method, PerTensorMse):
+        return {"num_bins": method.num_bins, "symmetric": False}
     return {}
+
+
+@dataclass(frozen=True)
+class ActivationGrid:
+    """The integer grid onnxruntime maps an activation range onto (quant_utils.compute_scale_zp)."""
+
+    qmin: int
+    qmax: int
+    symmetric: bool
+
+    @classmethod
+    def of(cls, activation_type: str, symmetric: bool) -> ActivationGrid:
+        """The grid of `activation_type` ('uint8' or 'int8'); symmetric int8 leaves out -128 as onnxruntime does."""
+        if activation_type == "uint8":
+            return cls(0, 255, symmetric)
+        return cls(-127 if symmetric else -128, 127, symmetric)
+
+    def describe(self) -> str:
+        """For instance 'uint8 asymmetric [0, 255]'."""
+        kind = "uint8" if self.qmin >= 0 else "int8"
+        return f"{kind} {'symmetric' if self.symmetric else 'asymmetric'} [{self.qmin}, {self.qmax}]"
+
+    def fake_quantize(self, values: np.ndarray, low: float, high: float) -> np.ndarray:
+        """`values` quantized and dequantized with the scale and zero point onnxruntime derives from (low, high)."""
+        low, high = min(low, 0.0), max(high, 0.0)
+        if self.symmetric:
+            high = max(-low, high)
+            low = -high
+        scale = (high - low) / (self.qmax - self.qmin)
+        if scale <= np.finfo(np.float32).tiny:
+            return np.zeros_like(values)
+        zero = round((self.qmin + self.qmax) / 2.0) if self.symmetric else round(self.qmin - low / scale)
+        scale = float(np.float32(scale))  # the model stores a float32 scale; the zero point comes from the exact one
+        return (np.clip(np.round(values / scale) + zero, self.qmin, self.qmax) - zero) * scale
+
+
+SUBPOINTS = 16  # points per histogram bin at which the quantization error is evaluated (mass spread evenly)
+
+
+def _percentile_range(hist: np.ndarray, edges: np.ndarray, percentile: float, symmetric: bool) -> tuple[float, float]:
+    """onnxruntime's percentile range of a real-valued histogram (edges symmetric about 0): both tails cut by
+    (100 - p) / 200 for an asymmetric grid; for a symmetric one, |x| cut at p (the grid only sees max |x|)."""
+    if symmetric:
+        half = len(hist) // 2
+        folded = hist[half:] + hist[:half][::-1]
+        cdf = np.cumsum(folded) / folded.sum()
+        bound = float(edges[half:][np.searchsorted(cdf, percentile / 100.0)])
+        return -bound, bound
+    cdf = np.cumsum(hist) / hist.sum()
+    cut = (100.0 - percentile) / 200.0
+    return float(edges[np.searchsorted(cdf, cut)]), float(edges[np.searchsorted(cdf, 1.0 - cut)])
+
+
+def mse_choice(hist: np.ndarray, edges: np.ndarray, low: float, high: float,
+               grid: ActivationGrid) -> tuple[float, tuple[float, float], list[float]]:
+    """(chosen candidate, its range, the expected squared error of every candidate) for one tensor's
+    histogram, observed min `low` and max `high`. Candidates are PerTensorMse.CANDIDATES (100 is minmax);
+    ties go to the earlier, wider one."""
+    hist = hist.astype(np.float64)
+    ranges = []
+    for percentile in PerTensorMse.CANDIDATES:
+        if percentile >= 100.0 or hist.sum() == 0 or high <= low:
+            ranges.append((low, high))
+            continue
+        lo, hi = _percentile_range(hist, edges, percentile, grid.symmetric)
+        ranges.append((max(lo, low), min(hi, high)))
+    width = np.diff(edges.astype(np.float64))
+    offsets = (np.arange(SUBPOINTS) + 0.5) / SUBPOINTS
+    points = (edges[:-1, None] + width[:, None] * offsets[None, :]).reshape(-1)
+    points = np.clip(points, low, high)  # no mass lies outside the observed range
+    weights = np.repeat(hist / max(hist.sum(), 1.0) / SUBPOINTS, SUBPOINTS)
+    errors = [float(np.sum(weights * (points - grid.fake_quantize(points, lo, hi)) ** 2)) for lo, hi in ranges]
+    best = int(np.argmin(errors))
+    return PerTensorMse.CANDIDATES[best], ranges[best], errors
 
 
 class SampleSetReader:
@@ -99,13 +177,42 @@ class _Chunk:
         return self.reader.get_next()
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Activation ranges by tensor name; for PerTensorMse also the candidate each tensor chose."""
+
+    ranges: dict[str, tuple[float, float]]
+    choices: dict[str, float] = field(default_factory=dict)  # tensor -> percentile chosen (100: minmax)
+    grid: str = ""
+
+    def summary(self) -> dict:
+        """How many tensors chose each candidate (the artifact's `calibration` facts); empty unless per tensor."""
+        if not self.choices:
+            return {}
+        counts = {("minmax" if value >= 100.0 else f"percentile {value:g}"): 0 for value in PerTensorMse.CANDIDATES}
+        for value in self.choices.values():
+            counts["minmax" if value >= 100.0 else f"percentile {value:g}"] += 1
+        return {"per_tensor": "least expected squared quantization error over each tensor's histogram",
+                "grid": self.grid, "tensors": len(self.choices), "chosen": counts}
+
+
 def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[str], method, cache_path: Path,
-                   *, op_types: list[str] | None = None) -> dict[str, tuple[float, float]]:
+                   *, op_types: list[str] | None = None,
+                   grid: ActivationGrid | None = None) -> dict[str, tuple[float, float]]:
     """Collect statistics for `model_path` on the calibration set, write the cache, return tensor ranges."""
+    return calibrate(model_path, sample_set, input_names, method, cache_path, op_types=op_types, grid=grid).ranges
+
+
+def calibrate(model_path: Path, sample_set: SampleSet, input_names: list[str], method, cache_path: Path,
+              *, op_types: list[str] | None = None, grid: ActivationGrid | None = None) -> Calibration:
+    """Collect statistics for `model_path` on the calibration set, write the cache, return the ranges (and
+    for PerTensorMse, which needs the target's activation `grid`, each tensor's choice)."""
     try:
-        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator, save_tensors_data
     except ImportError as exc:
         raise MissingDependencyError("calibration", "onnxruntime", "x86") from exc
+    if isinstance(method, PerTensorMse) and grid is None:
+        raise CalibrationError("per-tensor MSE calibration needs the target's activation grid")
     with tempfile.TemporaryDirectory(prefix="edgepack-calib-") as scratch:
         calibrator = create_calibrator(
             Path(model_path), op_types or [], augmented_model_path=str(Path(scratch) / "augmented.onnx"),
@@ -119,10 +226,21 @@ def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[st
             per_call = batches_per_collect(Path(model_path), min(sample_set.batch_size, sample_set.num_samples))
             for _ in range(0, len(reader), per_call):
                 calibrator.collect_data(_Chunk(reader, per_call))
-            tensors = calibrator.compute_data()
+            choices: dict[str, float] = {}
+            if isinstance(method, PerTensorMse):
+                assert grid is not None
+                chosen = {}
+                for name, (hist, edges, low, high, _) in calibrator.collector.get_histogram_dict().items():
+                    choices[name], (lo, hi), _ = mse_choice(hist, edges, float(low), float(high), grid)
+                    chosen[name] = TensorData(lowest=np.array(lo, dtype=np.float32),
+                                              highest=np.array(hi, dtype=np.float32))
+                tensors = TensorsData(ort_method(method), chosen)
+            else:
+                tensors = calibrator.compute_data()
         except Exception as exc:
             raise CalibrationError(f"{type(method).__name__} calibration failed on {sample_set.source}: "
                                    f"{describe(exc)}") from exc
     save_tensors_data(tensors, cache_path)
-    return {name: (float(low.reshape(-1)[0]), float(high.reshape(-1)[0]))
-            for name in tensors for low, high in [tensors[name].range_value]}
+    ranges = {name: (float(low.reshape(-1)[0]), float(high.reshape(-1)[0]))
+              for name in tensors for low, high in [tensors[name].range_value]}
+    return Calibration(ranges, choices, grid.describe() if grid is not None and choices else "")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from edgepack.calibration.ranges import compute_ranges, ort_method
+from edgepack.calibration.methods import PerTensorMse
+from edgepack.calibration.ranges import ActivationGrid, calibrate, ort_method
 from edgepack.capture import quiet_python_output
 from edgepack.errors import ExportError, describe
 from edgepack.quantization.embedding_tables import quantize_tables
@@ -102,10 +103,12 @@ def narrow_input_convs(model_path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class QuantizationOutcome:
-    """The nodes deliberately left in float and the embedding tables quantized per row."""
+    """The nodes deliberately left in float, the embedding tables quantized per row and, for a per-tensor
+    calibration method, how many activation tensors chose each candidate range."""
 
     float_nodes: tuple[str, ...]
     tables: tuple[dict, ...] = ()
+    calibration: Optional[dict] = None
 
 
 def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: list[str], method,
@@ -118,14 +121,17 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     prepared = scratch / "prepared.onnx"
     cache = scratch / "calibration_cache.json"
-    # Weight schemes of one target share the prepared graph and the activation ranges: reuse them.
+    # Weight schemes of one target share the prepared graph and the activation ranges: reuse them. A
+    # per-tensor method's ranges also depend on the activation grid they are chosen for.
+    grid = ActivationGrid.of(settings.activation_type, settings.symmetric_activations) \
+        if isinstance(method, PerTensorMse) else None
     key = json.dumps([str(float_path), settings.embedding_bits, method.model_dump(), list(input_names),
-                      list(settings.op_types or ())])
+                      list(settings.op_types or ()), grid.describe() if grid is not None else None])
     memo = scratch / "prepared.json"
     with quiet_python_output(""):
         cached = json.loads(memo.read_text()) if memo.is_file() else {}
         if cached.get("key") == key:
-            tables, float_nodes = cached["tables"], cached["float_nodes"]
+            tables, float_nodes, summary = cached["tables"], cached["float_nodes"], cached.get("calibration")
         else:
             try:
                 quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
@@ -136,9 +142,10 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
                 tables, float_nodes = quantize_tables(prepared, bits=settings.embedding_bits)
             # only the tensors of the op types quantized: a transformer's additive attention mask (-3.4e38)
             # would otherwise enter a histogram calibrator ("too many bins") though it is never quantized
-            compute_ranges(prepared, calibration, input_names, method, cache,
-                           op_types=list(settings.op_types) if settings.op_types else None)
-            memo.write_text(json.dumps({"key": key, "tables": tables, "float_nodes": float_nodes}))
+            summary = calibrate(prepared, calibration, input_names, method, cache, grid=grid,
+                                op_types=list(settings.op_types) if settings.op_types else None).summary() or None
+            memo.write_text(json.dumps({"key": key, "tables": tables, "float_nodes": float_nodes,
+                                        "calibration": summary}))
         float_nodes = list(float_nodes)
         if settings.keep_input_convs_float:
             float_nodes += narrow_input_convs(prepared)
@@ -170,4 +177,4 @@ def quantize_qdq(float_path: Path, out_path: Path, *, calibration, input_names: 
             )
         except Exception as exc:
             raise ExportError(f"onnxruntime quantization failed: {describe(exc)}") from exc
-    return QuantizationOutcome(float_nodes=tuple(float_nodes), tables=tuple(tables))
+    return QuantizationOutcome(float_nodes=tuple(float_nodes), tables=tuple(tables), calibration=summary)

@@ -91,8 +91,8 @@ class Target(ABC):
         """Reject recipe settings this target cannot honour, before any heavy work."""
         method = recipe.calibration.method.name
         if method not in self.calibration_methods:
-            raise ConfigError(f"target '{self.name}' does not support calibration method '{method}' "
-                              f"(supported: {', '.join(sorted(self.calibration_methods))})")
+            raise ConfigError(f"calibration.method: target '{self.name}' does not support calibration method "
+                              f"'{method}' (supported: {', '.join(sorted(self.calibration_methods))})")
 
     def parse_options(self, raw: dict) -> BaseModel:
         """Validate this target's section of the recipe's `target_options`."""

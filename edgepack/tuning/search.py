@@ -27,7 +27,7 @@ from typing import Generator, Optional, Union
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
-from edgepack.calibration.methods import CalibrationMethod, Percentile
+from edgepack.calibration.methods import CalibrationMethod, Percentile, PerTensorMse
 from edgepack.errors import ConfigError, EdgepackError, describe
 from edgepack.quantization.ort_qdq import module_nodes
 from edgepack.recipe.schema import Recipe, TunedTarget
@@ -79,11 +79,12 @@ class SearchData:
 
 
 def methods_to_try(target: Target, recipe: Recipe) -> list[CalibrationMethod]:
-    """The recipe's calibration method first, then percentile 99.99 where the target honours it."""
+    """The recipe's calibration method first, then percentile 99.99 and the per-tensor choice of range
+    (PerTensorMse) where the target honours them."""
     methods: list[CalibrationMethod] = [recipe.calibration.method]
-    candidate = Percentile(percentile=99.99)
-    if "percentile" in target.calibration_methods and candidate != recipe.calibration.method:
-        methods.append(candidate)
+    for candidate in (Percentile(percentile=99.99), PerTensorMse()):
+        if candidate.name in target.calibration_methods and candidate not in methods:
+            methods.append(candidate)
     return methods
 
 

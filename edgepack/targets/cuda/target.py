@@ -46,7 +46,7 @@ class CudaTarget(Target):
     description = "ONNX FP16 and INT8 explicit-QDQ for NVIDIA GPUs (CUDA / TensorRT execution providers)"
     extra = "cuda"
     required_modules = ("onnxruntime", "onnxscript")
-    calibration_methods = frozenset({"minmax", "percentile", "entropy"})
+    calibration_methods = frozenset({"minmax", "percentile", "entropy", "mse"})
     Options = CudaOptions
 
     def export(self, context: ExportContext) -> list[Artifact]:
@@ -76,9 +76,11 @@ class CudaTarget(Target):
                                                float_outputs_of=("MatMul", "Gemm"))
                 extra["transformer"] = {"attention_mask_constant": mask_value, "quantized": "MatMul/Gemm inputs "
                                         "only; their outputs, the mask, softmax and LayerNorm stay float"}
-            quantize_qdq(context.float_onnx, int8_path, calibration=context.calibration,
-                         input_names=[spec.name for spec in context.inputs], method=context.method,
-                         settings=settings, scratch=context.scratch_dir)
+            outcome = quantize_qdq(context.float_onnx, int8_path, calibration=context.calibration,
+                                   input_names=[spec.name for spec in context.inputs], method=context.method,
+                                   settings=settings, scratch=context.scratch_dir)
+            if outcome.calibration:  # a per-tensor method: how many tensors chose each candidate range
+                extra["calibration"] = outcome.calibration
             artifacts.append(self._artifact(int8_path, "int8-qdq-symmetric", onnxruntime.__version__, validation,
                                             compact, extra))
         return artifacts

@@ -66,7 +66,7 @@ class X86Target(Target):
     description = "ONNX INT8 (QDQ) for onnxruntime on x86 CPUs"
     extra = "x86"
     required_modules = ("onnxruntime", "onnxscript")
-    calibration_methods = frozenset({"minmax", "percentile", "entropy"})
+    calibration_methods = frozenset({"minmax", "percentile", "entropy", "mse"})
     Options = X86Options
     runs_on_host = True
 
@@ -111,6 +111,8 @@ class X86Target(Target):
         details["float_nodes"] = list(outcome.float_nodes)
         details["embedding_tables"] = list(outcome.tables)
         details["calibration_method"] = context.method.model_dump()
+        if outcome.calibration:  # a per-tensor method: how many tensors chose each candidate range
+            details["calibration"] = outcome.calibration
         details["isa"] = isa
         return [Artifact(target=self.name, path=path, format="onnx", precision="int8-qdq",
                          runtime="onnxruntime", runtime_version=onnxruntime.__version__, details=details)]
