@@ -15,7 +15,7 @@ def test_lists_every_builtin_target_with_methods_and_option_defaults(invoke):
     for name in ("x86", "cuda", "arm-tflite", "arm-xnnpack"):
         assert f"{name} " in out
     assert "ONNX INT8 (QDQ) for onnxruntime on x86 CPUs" in out
-    assert "calibration methods: entropy, minmax, percentile" in out
+    assert "calibration methods: entropy, minmax, mse, percentile" in out
     assert "option isa (default 'portable')" in out and "option keep_io_types (default True)" in out
 
 

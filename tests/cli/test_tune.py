@@ -24,7 +24,7 @@ def test_tune_writes_a_fragment_that_pack_builds_without_searching(recipe_factor
     assert "meets budget ← chosen" in result.stdout
     assert "most sensitive layers to weight rounding" in result.stdout
     tuned = yaml.safe_load(fragment.read_text())["tuned"]
-    assert set(tuned) == {"x86"} and tuned["x86"]["method"]["name"] in ("minmax", "percentile")
+    assert set(tuned) == {"x86"} and tuned["x86"]["method"]["name"] in ("minmax", "percentile", "mse")
     # the fragment pasted into the recipe reproduces the choice: pack records it and does not search
     result = invoke("pack", write({**recipe, "tuned": tuned}, "with-fragment.yaml"), "--no-bench")
     assert result.exit_code == 0, result.output
