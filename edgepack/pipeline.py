@@ -139,7 +139,7 @@ def load_data(recipe: Recipe) -> tuple[SampleSet, SampleSet]:
     evaluation = load_sample_set(recipe.evaluation, recipe.inputs, role="evaluation", base_dir=recipe.base_dir,
                                  labels=recipe.evaluation.labels, extras=tuple(recipe.evaluation.segments),
                                  reader=reader)
-    tasks.check_labels(recipe.task, evaluation, recipe.evaluation.labels)
+    tasks.kind(recipe.task).check_labels(evaluation, recipe.evaluation.labels)
     return calibration, evaluation
 
 
@@ -318,8 +318,9 @@ def _measure_source(loaded: LoadedModel, recipe: Recipe, evaluation: SampleSet,
     """Float model metrics and latency, plus its outputs on the evaluation set (the drift reference)."""
     runner, runtime = _float_runner(loaded, recipe, reference_path)
     outputs = collect_outputs(runner, evaluation)
-    tasks.check_class_indices(recipe.task, evaluation, recipe.evaluation.labels, outputs)
-    metrics = tasks.quality(recipe.task, outputs, evaluation, recipe.evaluation)
+    task = tasks.kind(recipe.task)
+    task.check_against_outputs(evaluation, recipe.evaluation.labels, outputs)
+    metrics = task.quality(outputs, evaluation, recipe.evaluation)
     latency = measure_batches(runner, evaluation.arrays, recipe.latency)
     reference_runner = OrtRunner(reference_path, threads=recipe.latency.threads)
     source = SourceModel(kind=loaded.kind, description=loaded.description, runtime=runtime, metrics=metrics,
