@@ -87,7 +87,8 @@ def verify_bundle(bundle: Path, data: Optional[Path], *, labels: Optional[str] =
                                  labels=settings.labels, extras=tuple(settings.segments),
                                  reader=bundle_reader(bundle, opened.recipe))
     reference = collect_outputs(OrtRunner(bundle / manifest.reference.path, threads=threads), evaluation)
-    tasks.check_class_indices(manifest.task, evaluation, settings.labels, reference)
+    task = tasks.kind(manifest.task)
+    task.check_against_outputs(evaluation, settings.labels, reference)
     warnings = list(evaluation.warnings) + ([UNTRUSTED_BUDGET] if budget is None else [])
     same_data = evaluation.sha256 == manifest.evaluation.sha256
     reports = {}
@@ -96,8 +97,7 @@ def verify_bundle(bundle: Path, data: Optional[Path], *, labels: Optional[str] =
         target.check_available()
         for artifact in target_entry.artifacts:
             runner = target.runner(bundle / artifact.path, threads=threads)
-            metrics = tasks.drift_metrics(manifest.task, reference, collect_outputs(runner, evaluation), evaluation,
-                                          settings)
+            metrics = task.drift_metrics(reference, collect_outputs(runner, evaluation), evaluation, settings)
             if same_data:
                 _compare_with_recorded(artifact.path, metrics, artifact.metrics)
             bounds = budget.model_dump() if budget is not None else artifact.budget

@@ -57,7 +57,7 @@ def _plots(manifest: Manifest) -> list[tuple[str, str]]:
 
     large = _large_key(manifest)
     source = manifest.source_model
-    metric = tasks.headline(manifest.task)
+    metric = tasks.kind(manifest.task).headline
     points = [("float fp32 ONNX", manifest.reference.size_bytes / 1e6,
                source.reference_onnx_latency[large].median_ms, _number(source.metrics.get(metric)))]
     points += [(item.path, item.size_bytes / 1e6, item.latency[large].median_ms, _number(item.metrics.get(metric)))
@@ -117,7 +117,7 @@ def render_html(manifest: Manifest) -> str:
                   _table(VALIDATION_HEADERS, [[_e(cell) for cell in row] for row in validation_rows(manifest)], left=5)]
         parts += [f"<p class='note'>{_e(line)}</p>" for line in isa_lines(manifest)]
     parts += [f"<p class='fail'>{_e(line)}</p>" for line in speed_flag_lines(manifest)]
-    parts.append(f"<h2>Size, {_e(tasks.headline(manifest.task))} and latency</h2>")
+    parts.append(f"<h2>Size, {_e(tasks.kind(manifest.task).headline)} and latency</h2>")
     parts += [f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
               "</figcaption></figure>" for caption, data in _plots(manifest)]
     parts += ["<h2>Drift against the budget</h2>", _drift_table(manifest),

@@ -158,7 +158,7 @@ def _host_metrics(task: str, arrays: dict[str, np.ndarray], has_labels: bool) ->
     rows = SampleSet(role="golden", source="golden rows", arrays={}, batch_size=1, sha256="",
                      labels=arrays[LABELS_KEY] if has_labels else None)
     reference, artifact = (arrays[key].astype(np.float64) for key in (REFERENCE_KEY, OUTPUT_KEY))
-    metrics = tasks.drift_metrics(task, reference, artifact, rows, _WholeRows())
+    metrics = tasks.kind(task).drift_metrics(reference, artifact, rows, _WholeRows())
     return {key: value for key, value in metrics.items() if key in device_script.DEVICE_METRICS[task]}
 
 

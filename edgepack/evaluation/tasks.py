@@ -227,41 +227,10 @@ def cell(metrics: dict, key: str, spec: str) -> str:
     return format(value, spec)
 
 
-# Module-level forms of the TaskKind methods, for callers that hold a task name.
-def check_labels(task: str, data: SampleSet, name: Optional[str]) -> None:
-    """Labels that fit the task, else a DataError naming the data."""
-    kind(task).check_labels(data, name)
-
-
-def check_class_indices(task: str, data: SampleSet, name: Optional[str], outputs: np.ndarray) -> None:
-    """Label checks that need the float model's outputs."""
-    kind(task).check_against_outputs(data, name, outputs)
-
-
-def drift_metrics(task: str, reference: np.ndarray, artifact: np.ndarray, evaluation: SampleSet, settings) -> dict:
-    """Metrics of the artifact against the float reference on the evaluation set."""
-    return kind(task).drift_metrics(reference, artifact, evaluation, settings)
-
-
-def quality(task: str, outputs: np.ndarray, evaluation: SampleSet, settings) -> dict:
-    """The float model's own quality on the evaluation set."""
-    return kind(task).quality(outputs, evaluation, settings)
-
-
-def headline(task: str) -> str:
-    """The one metric that summarises quality."""
-    return kind(task).headline
-
-
-def columns(task: str, top_k: int = 10) -> list[Column]:
-    """(header, metric key, format) of the drift table for this task."""
-    return kind(task).columns(top_k)
-
-
 def manifest_columns(manifest: Any) -> list[Column]:
     """The drift columns for a bundle, from its task and evaluation settings."""
     if isinstance(manifest, dict):
         task, recipe = manifest["task"], manifest.get("recipe", {})
     else:
         task, recipe = manifest.task, manifest.recipe
-    return columns(task, recipe.get("evaluation", {}).get("top_k", 10))
+    return kind(task).columns(recipe.get("evaluation", {}).get("top_k", 10))
