@@ -196,13 +196,6 @@ class Calibration:
                 "grid": self.grid, "tensors": len(self.choices), "chosen": counts}
 
 
-def compute_ranges(model_path: Path, sample_set: SampleSet, input_names: list[str], method, cache_path: Path,
-                   *, op_types: list[str] | None = None,
-                   grid: ActivationGrid | None = None) -> dict[str, tuple[float, float]]:
-    """Collect statistics for `model_path` on the calibration set, write the cache, return tensor ranges."""
-    return calibrate(model_path, sample_set, input_names, method, cache_path, op_types=op_types, grid=grid).ranges
-
-
 def calibrate(model_path: Path, sample_set: SampleSet, input_names: list[str], method, cache_path: Path,
               *, op_types: list[str] | None = None, grid: ActivationGrid | None = None) -> Calibration:
     """Collect statistics for `model_path` on the calibration set, write the cache, return the ranges (and

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from edgepack.calibration.methods import Entropy, MinMax, Percentile
-from edgepack.calibration.ranges import SampleSetReader, calibrator_options, compute_ranges, ort_method
+from edgepack.calibration.ranges import SampleSetReader, calibrate, calibrator_options, ort_method
 from edgepack.recipe.schema import InputSpec
 from tests.helpers import npz_sample_set, seeded
 
@@ -54,7 +54,7 @@ def all_ranges(calibration_setup, tmp_path_factory):
     results = {}
     for method in (MinMax(), Percentile(percentile=99.0), Entropy()):
         cache = folder / f"{method.name}.json"
-        results[method.name] = (compute_ranges(model_path, sample_set, ["x"], method, cache), cache)
+        results[method.name] = (calibrate(model_path, sample_set, ["x"], method, cache).ranges, cache)
     return results
 
 
@@ -102,7 +102,7 @@ def test_onnxruntime_default_entropy_collapses_to_minmax(calibration_setup, all_
     """The reason Entropy needs num_bins > num_quantized_bins: at 128/128 it is MinMax in disguise."""
     model_path, sample_set, _ = calibration_setup
     collapsed = Entropy.model_construct(num_bins=128, num_quantized_bins=128)
-    ranges = compute_ranges(model_path, sample_set, ["x"], collapsed, tmp_path / "cache.json")
+    ranges = calibrate(model_path, sample_set, ["x"], collapsed, tmp_path / "cache.json").ranges
     minmax, _ = all_ranges["minmax"]
     for name in minmax:
         np.testing.assert_allclose(ranges[name], minmax[name], rtol=1e-6, atol=1e-6)
