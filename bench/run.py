@@ -31,6 +31,7 @@ from isa import isa_schemes  # noqa: E402
 from mobilenet import mobilenet  # noqa: E402
 from pruning import pruned_image_classifier, recovery_comparison  # noqa: E402
 from recommender import pruned_recommender, recommender  # noqa: E402
+from text import pruned_text_classifier, text_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_RECIPE = ROOT / "examples" / "image_classifier" / "recipe.yaml"
@@ -101,6 +102,10 @@ def run_parts(parts: set[str], args: argparse.Namespace) -> tuple[dict[str, list
         sections["recommender pruned 30% params + recovered (x86)"] = pruned_recommender(args.repeats)
     if "mobilenet" in parts:
         sections["MobileNetV2, pretrained, 4 targets, tuned (issue 13)"] = mobilenet(args.repeats, tune=args.tune)
+    if "text" in parts:
+        sections["MiniLM-L6 review classifier, 5 artifacts (issue 14)"] = text_classifier(args.repeats)
+    if "text-pruned" in parts:
+        sections["MiniLM-L6 pruned + distilled student, x86 INT8 (issue 14)"] = pruned_text_classifier(args.repeats)
     return sections, details
 
 
@@ -109,8 +114,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure (median taken)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--only", choices=("image", "isa", "pruned", "recovery", "recommender", "recommender-pruned",
-                                           "mobilenet"), action="append",
-                        help="run only these parts (repeatable; default: all but mobilenet, which takes ~15 min)")
+                                           "mobilenet", "text", "text-pruned"), action="append",
+                        help="run only these parts (repeatable; default: all but mobilenet, text and text-pruned, "
+                        "which take 10-20 min each)")
     parser.add_argument("--verbose", action="store_true", help="let the libraries print to the terminal")
     parser.add_argument("--tune", action="store_true", help="mobilenet: run edgepack tune first (timed) instead of "
                         "the recipe's tuned configurations")

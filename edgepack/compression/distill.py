@@ -192,6 +192,20 @@ def distill(student: nn.Module, teacher: nn.Module, data: dict[str, np.ndarray],
     return report
 
 
+WARMUP_FRACTION = 0.06  # of all steps, as BERT fine-tuning recipes do
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, config, *, steps_per_epoch: int):
+    """None for a constant rate; for `lr_schedule: linear`, a warm-up over the first 6% of the steps the epochs
+    allow, then a linear decay to zero at the last one (a time budget that stops early leaves it above zero)."""
+    if getattr(config, "lr_schedule", "constant") == "constant":
+        return None
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = max(1, round(WARMUP_FRACTION * total))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup))))
+
+
 def run_epochs(student: nn.Module, optimizer: torch.optim.Optimizer, batch_loss: Callable[[torch.Tensor], torch.Tensor],
                count: int, config, generator: torch.Generator, *, score_of: Callable[[], tuple[float, float]],
                metric: str) -> DistillReport:
@@ -200,6 +214,7 @@ def run_epochs(student: nn.Module, optimizer: torch.optim.Optimizer, batch_loss:
     weights restored at the end."""
     best = (score_of(), 0, copy.deepcopy(student.state_dict()))
     history, started, stopped, epoch = [], time.perf_counter(), "epochs done", 0
+    scheduler = learning_rate_schedule(optimizer, config, steps_per_epoch=-(-count // config.batch_size))
     for epoch in range(1, config.epochs + 1):
         student.train()
         total = 0.0
@@ -208,6 +223,8 @@ def run_epochs(student: nn.Module, optimizer: torch.optim.Optimizer, batch_loss:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += loss.item() * len(index)
             if time.perf_counter() - started > config.time_budget_s:
                 break

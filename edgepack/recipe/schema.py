@@ -221,6 +221,8 @@ class DistillConfig(DataSource):
     alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the distillation term vs label loss")
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0.0)
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="linear: warm up over the first 6% of the steps, then decay to 0 (transformers)")
     time_budget_s: float = Field(300.0, gt=0.0)
     patience: int = Field(3, ge=1)
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)

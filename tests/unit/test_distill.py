@@ -46,3 +46,24 @@ def test_distillation_labels_fit_the_task():
         kind("ranking").distillation_labels(_labelled([0, -1]), "relevance")
     classes = _labelled([0, 7, 3])
     assert kind("classification").distillation_labels(classes, "label") is classes
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero_and_constant_has_none():
+    from edgepack.compression.distill import learning_rate_schedule
+    from edgepack.recipe.schema import DistillConfig
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    linear = DistillConfig.model_validate({"path": "d.csv", "epochs": 2, "lr": 1.0, "lr_schedule": "linear"})
+    assert learning_rate_schedule(optimizer, linear.model_copy(update={"lr_schedule": "constant"}),
+                                  steps_per_epoch=50) is None
+    scheduler = learning_rate_schedule(optimizer, linear, steps_per_epoch=50)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = int(np.argmax(rates))
+    assert 0 < peak <= 10 and rates[peak] == pytest.approx(1.0)  # 6 % of 100 steps of warm-up
+    assert rates[0] < 0.5 and all(a >= b for a, b in zip(rates[peak:], rates[peak + 1:]))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9) and rates[-1] < 0.02
