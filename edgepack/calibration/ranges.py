@@ -76,18 +76,21 @@ class ActivationGrid:
 SUBPOINTS = 16  # points per histogram bin at which the quantization error is evaluated (mass spread evenly)
 
 
-def _percentile_range(hist: np.ndarray, edges: np.ndarray, percentile: float, symmetric: bool) -> tuple[float, float]:
-    """onnxruntime's percentile range of a real-valued histogram (edges symmetric about 0): both tails cut by
-    (100 - p) / 200 for an asymmetric grid; for a symmetric one, |x| cut at p (the grid only sees max |x|)."""
+def _percentile_ranges(hist: np.ndarray, edges: np.ndarray, percentiles: np.ndarray,
+                       symmetric: bool) -> list[tuple[float, float]]:
+    """onnxruntime's percentile range of a real-valued histogram (edges symmetric about 0) for each of
+    `percentiles`, all from one cumulative sum: both tails cut by (100 - p) / 200 for an asymmetric grid; for a
+    symmetric one, |x| cut at p (the grid only sees max |x|)."""
     if symmetric:
         half = len(hist) // 2
         folded = hist[half:] + hist[:half][::-1]
         cdf = np.cumsum(folded) / folded.sum()
-        bound = float(edges[half:][np.searchsorted(cdf, percentile / 100.0)])
-        return -bound, bound
+        bounds = edges[half:][np.searchsorted(cdf, percentiles / 100.0)]
+        return [(-float(bound), float(bound)) for bound in bounds]
     cdf = np.cumsum(hist) / hist.sum()
-    cut = (100.0 - percentile) / 200.0
-    return float(edges[np.searchsorted(cdf, cut)]), float(edges[np.searchsorted(cdf, 1.0 - cut)])
+    cuts = (100.0 - percentiles) / 200.0
+    lows, highs = edges[np.searchsorted(cdf, cuts)], edges[np.searchsorted(cdf, 1.0 - cuts)]
+    return [(float(lo), float(hi)) for lo, hi in zip(lows, highs)]
 
 
 def mse_choice(hist: np.ndarray, edges: np.ndarray, low: float, high: float,
@@ -96,13 +99,12 @@ def mse_choice(hist: np.ndarray, edges: np.ndarray, low: float, high: float,
     histogram, observed min `low` and max `high`. Candidates are PerTensorMse.CANDIDATES (100 is minmax);
     ties go to the earlier, wider one."""
     hist = hist.astype(np.float64)
-    ranges = []
-    for percentile in PerTensorMse.CANDIDATES:
-        if percentile >= 100.0 or hist.sum() == 0 or high <= low:
-            ranges.append((low, high))
-            continue
-        lo, hi = _percentile_range(hist, edges, percentile, grid.symmetric)
-        ranges.append((max(lo, low), min(hi, high)))
+    if hist.sum() == 0 or high <= low:
+        ranges = [(low, high)] * len(PerTensorMse.CANDIDATES)
+    else:
+        cut = _percentile_ranges(hist, edges, np.array(PerTensorMse.CANDIDATES), grid.symmetric)
+        ranges = [(low, high) if percentile >= 100.0 else (max(lo, low), min(hi, high))
+                  for percentile, (lo, hi) in zip(PerTensorMse.CANDIDATES, cut)]
     width = np.diff(edges.astype(np.float64))
     offsets = (np.arange(SUBPOINTS) + 0.5) / SUBPOINTS
     points = (edges[:-1, None] + width[:, None] * offsets[None, :]).reshape(-1)
