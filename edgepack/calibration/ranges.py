@@ -179,6 +179,11 @@ class _Chunk:
         return self.reader.get_next()
 
 
+def _candidate_label(percentile: float) -> str:
+    """A PerTensorMse candidate as the calibration summary names it: 'minmax' or 'percentile p'."""
+    return "minmax" if percentile >= 100.0 else f"percentile {percentile:g}"
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Activation ranges by tensor name; for PerTensorMse also the candidate each tensor chose."""
@@ -191,9 +196,9 @@ class Calibration:
         """How many tensors chose each candidate (the artifact's `calibration` facts); empty unless per tensor."""
         if not self.choices:
             return {}
-        counts = {("minmax" if value >= 100.0 else f"percentile {value:g}"): 0 for value in PerTensorMse.CANDIDATES}
+        counts = {_candidate_label(value): 0 for value in PerTensorMse.CANDIDATES}
         for value in self.choices.values():
-            counts["minmax" if value >= 100.0 else f"percentile {value:g}"] += 1
+            counts[_candidate_label(value)] += 1
         return {"per_tensor": "least expected squared quantization error over each tensor's histogram",
                 "grid": self.grid, "tensors": len(self.choices), "chosen": counts}
 
