@@ -11,12 +11,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgepack.calibration.dataset import SampleSet
 from edgepack.calibration.methods import Entropy, MinMax, Percentile, PerTensorMse
 from edgepack.errors import CalibrationError, MissingDependencyError, describe
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def ort_method(method):
@@ -143,16 +147,13 @@ class SampleSetReader:
 COLLECT_BYTES = 1 << 30  # intermediate tensors held by one collect_data call, at most (about)
 
 
-def batches_per_collect(model_path: Path, batch_size: int) -> int:
+def batches_per_collect(model: onnx.ModelProto, batch_size: int) -> int:
     """How many batches one collect_data call may read: all of them for a model whose intermediate
     float tensors (from ONNX shape inference, batch 1) fit COLLECT_BYTES many times over, else as many
-    as fit (at least one). A model whose shapes cannot be inferred goes a batch at a time."""
+    as fit (at least one). `model` has been through shape inference; one without inferred shapes goes a
+    batch at a time."""
     import onnx
 
-    try:
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
-    except Exception:  # shape inference is best effort; one batch per call is always safe
-        return 1
     per_sample = 0
     for value in model.graph.value_info:
         tensor = value.type.tensor_type
@@ -223,7 +224,8 @@ def calibrate(model_path: Path, sample_set: SampleSet, input_names: list[str], m
             # collect_data call reads (16 GB for MobileNetV2 on 300 crops); their histograms merge
             # across calls, so a large model's data goes in chunks of about COLLECT_BYTES.
             reader = SampleSetReader(sample_set, input_names, equal_only=method.needs_equal_batches)
-            per_call = batches_per_collect(Path(model_path), min(sample_set.batch_size, sample_set.num_samples))
+            # the calibrator loaded the model through ONNX shape inference already: read its shapes there
+            per_call = batches_per_collect(calibrator.model, min(sample_set.batch_size, sample_set.num_samples))
             for _ in range(0, len(reader), per_call):
                 calibrator.collect_data(_Chunk(reader, per_call))
             choices: dict[str, float] = {}
