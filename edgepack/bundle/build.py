@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 from edgepack import __version__
+from edgepack.bundle.buckets import SequenceBuckets
 from edgepack.bundle.entries import Bound
 from edgepack.bundle.manifest import (
     SCHEMA_VERSION,
@@ -27,6 +28,7 @@ from edgepack.bundle.manifest import (
 )
 from edgepack.isa import host_isa
 from edgepack.recipe.schema import Recipe
+from edgepack.text.spec import ATTENTION_MASK
 
 if TYPE_CHECKING:
     from edgepack.calibration.dataset import SampleSet
@@ -63,9 +65,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _artifact_entry(result: ArtifactResult, reference_size: int, budget: dict[str, Any]) -> ArtifactEntry:
+def _artifact_entry(result: ArtifactResult, reference_size: int, budget: dict[str, Any],
+                    evaluation: SampleSet) -> ArtifactEntry:
     artifact = result.artifact
     io, structure = split_details(artifact.details)
+    if "sequence_buckets" in structure and ATTENTION_MASK in evaluation.arrays:
+        # the rows the verification routed to each length: the same rule the runner applies (bundle.buckets)
+        buckets = SequenceBuckets.model_validate(structure["sequence_buckets"])
+        structure["sequence_buckets"] = buckets.with_evaluation(evaluation.arrays[ATTENTION_MASK]).to_json_dict()
     return ArtifactEntry(
         path=result.relative_path, sha256=result.sha256, size_bytes=result.size_bytes,
         size_ratio_vs_fp32_onnx=result.size_bytes / reference_size,
@@ -93,7 +100,8 @@ def build_manifest(recipe: Recipe, *, source: SourceModel, reference: ReferenceE
         source_model=source,
         reference=reference,
         targets={result.name: TargetEntry(status=result.status, error=result.error,
-                                          artifacts=[_artifact_entry(item, reference.size_bytes, budget)
+                                          artifacts=[_artifact_entry(item, reference.size_bytes, budget,
+                                                                     evaluation)
                                                      for item in result.artifacts])
                  for result in targets},
         # a fresh copy with every field set, so that defaults the recipe left out are written too

@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgepack.bundle.buckets import SequenceBuckets
 from edgepack.bundle.entries import (
     Bound,
     FileEntry,
@@ -157,6 +158,7 @@ class _SharedFacts(BaseModel):
     embedding_tables: list[EmbeddingTable] = []
     isa: Optional[IsaChoice] = None
     validation: Optional[str] = None
+    sequence_buckets: Optional[SequenceBuckets] = None
 
 
 class ArtifactEntry(FileEntry):
@@ -198,6 +200,16 @@ class ArtifactEntry(FileEntry):
     def validation_note(self) -> Optional[str]:
         """A caveat on how the artifact was validated (e.g. a CUDA artifact validated on CPU)."""
         return _SharedFacts.model_validate(self.structure).validation
+
+    @property
+    def sequence_buckets(self) -> Optional[SequenceBuckets]:
+        """The bucketed model set of a text artifact exported at several sequence lengths (arm-tflite)."""
+        return _SharedFacts.model_validate(self.structure).sequence_buckets
+
+    def companion_files(self) -> list[FileEntry]:
+        """Files of the artifact besides its main file (the shorter models of a bucketed set)."""
+        buckets = self.sequence_buckets
+        return buckets.companion_files(self.path) if buckets is not None else []
 
 
 class TargetEntry(_Strict):
@@ -313,13 +325,15 @@ class Manifest(_Strict):
         return [(name, item) for name, target in self.targets.items() for item in target.artifacts]
 
     def files(self) -> list[FileEntry]:
-        """Every file the manifest vouches for: reference, pruned model files, artifacts, golden files, script."""
+        """Every file the manifest vouches for: reference, pruned model files, artifacts with their companion
+        files, golden files, script."""
         pruned = self.pruning.files if self.pruning is not None else []
         artifacts = [item for _, item in self.artifacts()]
+        companions = [entry for item in artifacts for entry in item.companion_files()]
         golden = [entry for item in artifacts for entry in item.golden]
         script = [self.device_script] if self.device_script is not None else []
         text = self.text.files if self.text is not None else []
-        return [self.reference, *pruned, *artifacts, *golden, *script, *text]
+        return [self.reference, *pruned, *artifacts, *companions, *golden, *script, *text]
 
     def validation_notes(self) -> list[str]:
         """The distinct caveats targets attached to how their artifacts were validated (e.g. CPU for CUDA)."""

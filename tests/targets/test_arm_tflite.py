@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 
 from tests.helpers import read_tflite, tflite_op_names
-from tests.targets.contract import TargetContract
+from tests.targets.contract import MODELS, TargetContract
 
 PER_ROW_VERSION = 4  # EMBEDDING_LOOKUP with per-channel (per-row) tables
 
@@ -28,7 +28,9 @@ def signature_io(path) -> tuple[dict, dict]:
 
 class TestArmTflite(TargetContract):
     target_name = "arm-tflite"
-    option_values = {"batch": (4,)}
+    option_values = {"batch": (4,), "sequence_lengths": ((8,),)}
+    # a text-only option: the contract's image and CTR models refuse it (tested there too)
+    covered_elsewhere = {f"{model}-sequence_lengths=(8,)": "tests/text/test_tflite_buckets.py" for model in MODELS}
 
     def check_structure(self, artifact, exported) -> None:
         options, case = exported.options, exported.case

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.bundle.buckets import route
 from edgepack.errors import EdgepackError, MissingDependencyError
 from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
+from edgepack.text.spec import ATTENTION_MASK
 
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
@@ -70,6 +72,7 @@ class TfliteRunner:
         self._outputs = runner.get_output_details()
         self._runner = runner
         self.input_names = list(signature[key]["inputs"])
+        self.input_shapes = {name: tuple(int(d) for d in detail["shape"]) for name, detail in self._inputs.items()}
         self.fixed_batch = int(next(iter(self._inputs.values()))["shape"][0])
         self.output_names = list(signature[key]["outputs"])
         self.device = "LiteRT interpreter, XNNPACK CPU kernels (x86 emulation of ARM kernels)"
@@ -105,6 +108,44 @@ class TfliteRunner:
             outputs.append(dequantize(value, scale, zero_point) if value.dtype.kind in "iu" and scale
                            else value.astype(np.float32))
         return outputs
+
+
+class BucketedTfliteRunner:
+    """Runs a bucketed model set (edgepack.bundle.buckets): each row on the shortest model that holds its
+    tokens, its 2-D inputs cut to that model's length; outputs come back in the rows' order.
+
+    `routed_rows` counts, per length, the rows run so far."""
+
+    def __init__(self, files: dict[int, Path], *, threads: int):
+        self.lengths = sorted(files)
+        self.runners = {length: TfliteRunner(files[length], threads=threads) for length in self.lengths}
+        longest = self.runners[self.lengths[-1]]
+        self.input_names, self.output_names = longest.input_names, longest.output_names
+        self.fixed_batch, self.arithmetic = longest.fixed_batch, longest.arithmetic
+        self.device = (f"{longest.device}; sequence buckets {'/'.join(map(str, self.lengths))}, each row on the "
+                       "shortest that holds its tokens")
+        self.routed_rows: Counter[int] = Counter()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        chosen = route(feeds[ATTENTION_MASK], self.lengths)
+        outputs: list[np.ndarray] = []
+        for length in self.lengths:
+            rows = np.flatnonzero(chosen == length)
+            if not rows.size:
+                continue
+            runner = self.runners[length]
+            part = runner({name: _cut(feeds[name][rows], runner.input_shapes[name]) for name in self.input_names})
+            if not outputs:
+                outputs = [np.empty((len(chosen), *value.shape[1:]), dtype=value.dtype) for value in part]
+            for whole, value in zip(outputs, part):
+                whole[rows] = value
+            self.routed_rows[length] += int(rows.size)
+        return outputs
+
+
+def _cut(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A [rows, max_length] input cut to a shorter model's [batch, length]; other inputs as they are."""
+    return value[:, :shape[1]] if value.ndim == 2 == len(shape) and value.shape[1] > shape[1] else value
 
 
 def _io_entry(name: str, detail: dict) -> dict[str, Any]:

@@ -14,6 +14,10 @@ with a dynamic batch dimension (jax bridge: "Shapes must be 1D sequences of conc
 resizing the input of the fixed-shape model fails inside the XNNPACK delegate. Batch 1 is the usual
 shape of a phone image model; a recommender scoring candidates wants a larger fixed batch. The
 runner feeds chunks of the artifact's batch, padding the last one.
+
+A text model can also be exported at shorter fixed sequence lengths (`sequence_lengths`): one artifact
+made of a model per length, each row run on the shortest that holds its tokens (edgepack.bundle.buckets,
+targets/arm_tflite/buckets.py). Conversion is per length: litert-torch lowers fixed shapes only.
 """
 
 from __future__ import annotations
@@ -22,65 +26,16 @@ import time
 from pathlib import Path
 from typing import cast
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from edgepack.bundle.manifest import ArtifactEntry
-from edgepack.errors import ExportError, describe
-from edgepack.quantization.pt2e import calibrated_pt2e, example_batch, with_activation_observer
+from edgepack.errors import EdgepackError, ExportError
+from edgepack.evaluation.runners import Runner
 from edgepack.quantization.transformer_int8 import additive_mask_constant
-from edgepack.targets.arm_tflite.flatbuffer import add_float_io
-from edgepack.targets.arm_tflite.lookup_tables import dequantize_asymmetric_lookup_tables
-from edgepack.targets.arm_tflite.runner import TfliteRunner, describe_tflite, runtime_info
-from edgepack.targets.arm_tflite.tables import quantize_tflite_tables
+from edgepack.recipe.schema import Recipe
+from edgepack.targets.arm_tflite.buckets import bucket_lengths, read_bucket_files
+from edgepack.targets.arm_tflite.convert import convert_int8, export_buckets
+from edgepack.targets.arm_tflite.options import TfliteOptions
+from edgepack.targets.arm_tflite.runner import BucketedTfliteRunner, TfliteRunner, describe_tflite, runtime_info
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
-
-
-class TfliteOptions(BaseModel):
-    """Options under `target_options.arm-tflite` in the recipe."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    float_io: bool = False  # float32 inputs/outputs, with QUANTIZE/DEQUANTIZE ops added at the boundary
-    nhwc: bool = False  # channel-last I/O for 4-D (image) inputs, as Android camera pipelines deliver
-    batch: int = Field(1, ge=1, le=4096)  # the artifact's fixed batch; a recommender scoring candidates wants > 1
-
-
-
-def named_io_module(inner, names: list[str], nhwc_inputs: list[bool]):
-    """The module litert-torch converts: keyword inputs, so the TFLite signature carries the recipe's
-    input names (not args_0), and optional channel-last image inputs."""
-    import torch
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, **feeds):
-            return self.inner(*(feeds[name].permute(0, 3, 1, 2) if channel_last else feeds[name]
-                                for name, channel_last in zip(names, nhwc_inputs)))
-
-    wrapped = Wrapped()
-    # Not .eval(): exported PT2E graphs refuse train()/eval(); the inner graph is already inference-only.
-    wrapped.training = False
-    return wrapped
-
-
-
-def float_arithmetic_ops(path: Path, names: tuple[str, ...] = ("ADD", "MUL")) -> dict[str, int]:
-    """How many of the builtin ops `names` compute in float (some input is float32), read from the flatbuffer."""
-    from ai_edge_litert import schema_py_generated as fb
-
-    model = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
-    codes = {getattr(fb.BuiltinOperator, name): name for name in names}
-    counts = dict.fromkeys(names, 0)
-    for graph in model.subgraphs:
-        for operator in graph.operators:
-            code = model.operatorCodes[operator.opcodeIndex]
-            name = codes.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-            if name and any(index >= 0 and graph.tensors[index].type == fb.TensorType.FLOAT32
-                            for index in operator.inputs):
-                counts[name] += 1
-    return counts
 
 
 class TfliteArmTarget(Target):
@@ -94,51 +49,30 @@ class TfliteArmTarget(Target):
     calibration_methods = frozenset({"minmax", "percentile"})
     Options = TfliteOptions
 
+    def check_recipe(self, recipe: Recipe) -> None:
+        """The shared checks, and `sequence_lengths` against the recipe's text section."""
+        super().check_recipe(recipe)
+        options = cast(TfliteOptions, self.parse_options(recipe.target_options.get(self.name, {})))
+        bucket_lengths(options.sequence_lengths, recipe.inputs, text=recipe.text is not None)
+
     def export(self, context: ExportContext) -> list[Artifact]:
-        """Quantize the float torch module with PT2E on the calibration set and write model.int8.tflite."""
+        """Quantize the float torch module with PT2E on the calibration set and write model.int8.tflite
+        (and, with `sequence_lengths`, a companion model per shorter length)."""
         if context.module is None:
             raise ExportError("target 'arm-tflite' needs a PyTorch model (model.factory or model.pickle); "
                               "it cannot start from an ONNX file")
-        import litert_torch
-        from litert_torch.quantize import pt2e_quantizer, quant_config
-
         options = cast(TfliteOptions, context.options)
-        names = [spec.name for spec in context.inputs]
+        lengths = bucket_lengths(options.sequence_lengths, context.inputs)
         started = time.perf_counter()
         # A transformer's additive attention mask (-3.4e38) would flatten every static activation range it
         # enters: dynamic-range INT8 instead (int8 weights, activations quantized per call inside the kernels).
         mask_value = additive_mask_constant(context.float_onnx)
-        config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) \
-            if mask_value is not None else \
-            with_activation_observer(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True),
-                                     context.method)
-        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(config)
-        calibration_size = min(context.calibration.batch_size, context.calibration.num_samples)
-        quantized = calibrated_pt2e(context.module, example_batch(context.calibration, names, calibration_size),
-                                    context.calibration, quantizer, fold_quantize=False, strict=True,
-                                    float_modules=context.float_modules)
-        nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
-        wrapped = named_io_module(quantized.module, names, nhwc_inputs)
-        sample = {name: tensor.permute(0, 2, 3, 1).contiguous() if channel_last else tensor
-                  for name, tensor, channel_last in zip(names, example_batch(context.calibration, names, options.batch),
-                                                        nhwc_inputs)}
         path = context.out_dir / "model.int8.tflite"
-        try:
-            edge = litert_torch.convert(wrapped, sample_kwargs=sample,
-                                        quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-            edge.export(str(path))
-        except Exception as exc:  # the converter raises jax/MLIR errors of many types
-            raise ExportError(f"litert-torch could not convert the quantized model: {describe(exc)}") from exc
-        parameters = {name: value.detach().cpu().numpy() for name, value in context.module.state_dict().items()
-                      if value.ndim == 2}
-        float_arithmetic = float_arithmetic_ops(path)
-        restored_tables = dequantize_asymmetric_lookup_tables(path) if mask_value is not None else []
-        tables = quantize_tflite_tables(path, bits=context.quantization.embedding_bits, parameters=parameters)
-        if options.float_io:
-            add_float_io(path)
+        converted = convert_int8(context, context.calibration, path, dynamic=mask_value is not None)
         seconds = time.perf_counter() - started
         runtime_name, version = runtime_info()
         details = describe_tflite(path)
+        nhwc_inputs = [options.nhwc and len(spec.shape) == 4 for spec in context.inputs]
         for entry, channel_last in zip(details["inputs"], nhwc_inputs):
             entry["layout"] = "NHWC" if channel_last else "as exported (NCHW for images)"
         details.update(layout="NHWC image I/O" if any(nhwc_inputs) else "as exported (NCHW for images)",
@@ -149,12 +83,15 @@ class TfliteArmTarget(Target):
                        quantizer="litert-torch PT2EQuantizer, symmetric int8, per-channel weights"
                        + (", dynamic-range (a transformer: the attention mask constant "
                           f"{mask_value:.3g} stays out of every quantized range)" if mask_value is not None else ""),
-                       embedding_tables=tables, float_arithmetic_ops=float_arithmetic, **quantized.details())
-        if restored_tables:
-            details["converter_tables_requantized"] = restored_tables
-        if tables:
+                       embedding_tables=converted.tables, float_arithmetic_ops=converted.float_arithmetic,
+                       **converted.quantized.details())
+        if converted.restored_tables:
+            details["converter_tables_requantized"] = converted.restored_tables
+        if converted.tables:
             details["embedding_lookup"] = ("hybrid EMBEDDING_LOOKUP (int8/int4 table, float rows out); per-row "
                                            "scales make it op version 4, which the phone's LiteRT must register")
+        if lengths:
+            details["sequence_buckets"] = export_buckets(context, lengths, path, dynamic=mask_value is not None)
         return [Artifact(target=self.name, path=path, format="tflite",
                          precision="int8-dynamic-range" if mask_value is not None else
                          "int8-float-io" if options.float_io else "int8-full-integer",
@@ -172,8 +109,21 @@ class TfliteArmTarget(Target):
                  ("batch", str(structure.get("batch", "—")))]
         if "embedding_lookup" in structure:
             facts.append(("embedding lookup", structure["embedding_lookup"]))
+        buckets = artifact.sequence_buckets
+        if buckets is not None:
+            facts.append(("sequence lengths", "; ".join(
+                f"{bucket.length}: {bucket.file}, {bucket.size_bytes / 1e6:.1f} MB, "
+                + (f"{bucket.evaluation_rows} held-out rows" if bucket.evaluation_rows is not None
+                   else "rows not counted")
+                for bucket in buckets.buckets)))
+            facts.append(("latency of the set", buckets.latency))
         return [*basic_summary(artifact), *facts]
 
-    def runner(self, path: Path, *, threads: int) -> "TfliteRunner":
-        """LiteRT interpreter (ai-edge-litert, else tflite-runtime) with float I/O around int8 tensors."""
-        return TfliteRunner(path, threads=threads)
+    def runner(self, path: Path, *, threads: int) -> Runner:
+        """LiteRT interpreter (ai-edge-litert, else tflite-runtime) with float I/O around int8 tensors; for a
+        bucketed model set, one interpreter per length with each row routed to the shortest that holds it."""
+        files = read_bucket_files(path)
+        missing = [str(file.name) for file in files.values() if not file.is_file()]
+        if missing:
+            raise EdgepackError(f"{path}: the sequence-length models it names are missing: {', '.join(missing)}")
+        return BucketedTfliteRunner(files, threads=threads) if files else TfliteRunner(path, threads=threads)
