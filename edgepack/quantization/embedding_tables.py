@@ -6,7 +6,9 @@ precise. The table's Gather is rewritten before static quantization:
 
     INT8:  Gather(int8 table, ids) -> Cast(float) -> Mul(Unsqueeze(Gather(row scales, ids), -1))
     4-bit: com.microsoft GatherBlockQuantized(packed uint8 table, ids, scales) with one block per
-           row (symmetric, zero point 8), an onnxruntime contrib op, then Cast(float).
+           row, or for a row width that is not a power of two (384, 768) blocks of the largest
+           power of two dividing it (symmetric, zero point 8), an onnxruntime contrib op, then
+           Cast(float).
 
 Row scales are float16 (rounded up), as in FBGEMM's row-wise tables.
 """
@@ -27,8 +29,18 @@ MIN_PER_ROW_DIM = 8
 
 def four_bit_width(dim: int) -> bool:
     """Rows that 4-bit storage can take: even (two values a byte) and at least 16 wide. x86's
-    GatherBlockQuantized also wants a power of two; TFLite and the .pte take any such width."""
+    GatherBlockQuantized also wants power-of-two blocks (`int4_block`); TFLite and the .pte take any such width."""
     return dim % 2 == 0 and dim >= 16
+
+
+def int4_block(dim: int) -> int:
+    """Block width of x86's 4-bit tables, 0 when there is none: the whole row for a power of two, else the
+    largest power of two dividing the width if at least 16 (GatherBlockQuantized takes power-of-two blocks
+    only; 384 gives 128)."""
+    if not four_bit_width(dim):
+        return 0
+    block = dim & -dim
+    return dim if block == dim else (block if block >= 16 else 0)
 
 
 def row_scales(bits: int, dim: int) -> bool:
@@ -81,9 +93,18 @@ def per_row_int8(table: np.ndarray, *, shared_scale: bool = False) -> tuple[np.n
 
 def per_row_int4(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric 4-bit per row, values 0..15 around zero point 8, two per byte (low nibble first)."""
-    peak = np.abs(table).max(axis=1)
+    packed, scales = per_block_int4(table, table.shape[1])
+    return packed, scales[:, 0]
+
+
+def per_block_int4(table: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 4-bit, a scale per `block` values of a row: packed [rows, dim / 2], scales [rows, dim / block]."""
+    rows, dim = table.shape
+    blocks = table.reshape(rows, dim // block, block)
+    peak = np.abs(blocks).max(axis=2)
     scales = _half_up(np.where(peak > 0, peak, _typical(peak)) / 7.0)
-    codes = (np.clip(np.rint(table / scales.astype(np.float32)[:, None]), -7, 7) + 8).astype(np.uint8)
+    codes = (np.clip(np.rint(blocks / scales.astype(np.float32)[:, :, None]), -7, 7) + 8).astype(np.uint8)
+    codes = codes.reshape(rows, dim)
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
     return packed, scales
 
@@ -94,10 +115,11 @@ def dequantize_int8(quantized: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 def dequantize_int4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """The float table a packed 4-bit per-row table stands for."""
+    """The float table a packed 4-bit table stands for: scales [rows] per row, or [rows, blocks] per block."""
     codes = np.empty((packed.shape[0], packed.shape[1] * 2), dtype=np.int16)
     codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
-    return (codes - 8).astype(np.float32) * scales.astype(np.float32)[:, None]
+    steps = scales.astype(np.float32).reshape(len(scales), -1)
+    return (codes - 8).astype(np.float32) * np.repeat(steps, codes.shape[1] // steps.shape[1], axis=1)
 
 
 def _int8_tables(graph, table_array: np.ndarray, name: str) -> tuple[np.ndarray, int, bool]:
@@ -136,22 +158,22 @@ def _int8_lookup(node, name: str, use: str, shared: bool) -> list[onnx.NodeProto
     ]
 
 
-def _int4_tables(model, table_array: np.ndarray, name: str) -> tuple[np.ndarray, int]:
-    """Add the packed 4-bit table and its row scales as initializers once."""
-    packed, scales = per_row_int4(table_array)
+def _int4_tables(model, table_array: np.ndarray, name: str, block: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Add the packed 4-bit table and its block scales as initializers once; (dequantized, bytes, scales)."""
+    packed, scales = per_block_int4(table_array, block)
     model.graph.initializer.extend([numpy_helper.from_array(packed, f"{name}_int4"),
-                                    numpy_helper.from_array(scales[:, None], f"{name}_row_scale")])
+                                    numpy_helper.from_array(scales, f"{name}_row_scale")])
     if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return dequantize_int4(packed, scales), packed.nbytes + scales.nbytes
+    return dequantize_int4(packed, scales), packed.nbytes + scales.nbytes, scales
 
 
-def _int4_lookup(node, name: str, use: str, dim: int) -> list[onnx.NodeProto]:
-    """GatherBlockQuantized (one block per row) then Cast to float, replacing one Gather."""
+def _int4_lookup(node, name: str, use: str, block: int) -> list[onnx.NodeProto]:
+    """GatherBlockQuantized (blocks of `block` values along a row) then Cast to float, replacing one Gather."""
     tag = f"{name}{use}"
     gather = helper.make_node("GatherBlockQuantized", [f"{name}_int4", node.input[1], f"{name}_row_scale"],
                               [f"{tag}_rows_half"], name=f"{tag}_gather_int4", domain="com.microsoft",
-                              bits=4, block_size=dim, gather_axis=0, quantize_axis=1)
+                              bits=4, block_size=block, gather_axis=0, quantize_axis=1)
     return [gather, helper.make_node("Cast", [f"{tag}_rows_half"], [node.output[0]], name=f"{tag}_cast",
                                      to=TensorProto.FLOAT)]
 
@@ -183,22 +205,27 @@ def quantize_tables(path: Path, *, bits: int = 8) -> tuple[list[dict], list[str]
     for table, nodes in by_table.values():
         table_array = numpy_helper.to_array(table)
         dim = table_array.shape[1]
-        use_int4 = bits == 4 and four_bit_width(dim) and (dim & (dim - 1)) == 0
+        block = int4_block(dim) if bits == 4 else 0
+        use_int4 = block > 0
         name = table.name.replace("/", "_").replace(".", "_")
+        steps = None
         if use_int4:
-            restored, stored_bytes = _int4_tables(model, table_array, name)
+            restored, stored_bytes, steps = _int4_tables(model, table_array, name, block)
         else:
             restored, stored_bytes, shared = _int8_tables(model.graph, table_array, name)
         for index, node in enumerate(nodes):
             use = "" if len(nodes) == 1 else f"_use{index}"
-            new_nodes = _int4_lookup(node, name, use, dim) if use_int4 else _int8_lookup(node, name, use, shared)
+            new_nodes = _int4_lookup(node, name, use, block) if use_int4 else _int8_lookup(node, name, use, shared)
             _replace(model.graph, node, new_nodes)
             if not use_int4:
                 keep_float += [new.name for new in new_nodes]
         if readers.get(table.name, 0) <= len(nodes):  # read by nothing but the rewritten Gathers
             model.graph.initializer.remove(table)
-        reports.append(table_report(table.name, table_array, restored, bits=4 if use_int4 else 8,
-                                    stored_bytes=stored_bytes) | {"lookups": len(nodes)})
+        report = table_report(table.name, table_array, restored, bits=4 if use_int4 else 8, stored_bytes=stored_bytes,
+                              steps=steps)
+        if use_int4 and block < dim:
+            report["scales"] = f"per block of {block} values"
+        reports.append(report | {"lookups": len(nodes)})
     onnx.save(model, str(path))
     return reports, keep_float
 

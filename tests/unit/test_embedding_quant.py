@@ -12,6 +12,8 @@ from edgepack.model.onnx_export import export_float_onnx
 from edgepack.quantization.embedding_tables import (
     dequantize_int4,
     dequantize_int8,
+    int4_block,
+    per_block_int4,
     per_row_int4,
     per_row_int8,
     quantize_tables,
@@ -92,3 +94,39 @@ def test_a_table_read_by_two_gathers_is_stored_once(tmp_path, bits):
                                                     for init in rewritten.graph.initializer)
     got = OrtRunner(path, threads=1)(feeds)[0]
     assert np.abs(got - expected).max() < (0.02 if bits == 8 else 0.3)
+
+
+class WideTokens(torch.nn.Module):
+    """A token table 384 wide (MiniLM's): not a power of two, so x86 stores it in 4-bit blocks of 128."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = torch.nn.Embedding(300, 384)
+        self.out = torch.nn.Linear(384, 2)
+
+    def forward(self, ids):
+        return self.out(self.tokens(ids).mean(1))
+
+
+def test_a_row_width_that_is_no_power_of_two_gets_4_bit_blocks(tmp_path):
+    assert (int4_block(384), int4_block(256), int4_block(48), int4_block(40), int4_block(8)) == (128, 256, 16, 0, 0)
+    model = seeded(WideTokens)
+    feeds = {"ids": torch.randint(0, 300, (8, 12), generator=torch.Generator().manual_seed(2)).numpy()}
+    path = tmp_path / "wide.onnx"
+    torch.onnx.export(model, (torch.from_numpy(feeds["ids"]),), str(path), input_names=["ids"], dynamo=False)
+    expected = OrtRunner(path, threads=1)(feeds)[0]
+    (report,), _ = quantize_tables(path, bits=4)
+    assert report["bits"] == 4 and report["scales"] == "per block of 128 values"
+    assert report["bytes_after"] == 300 * 192 + 300 * 3 * 2  # two values a byte, three fp16 scales a row
+    assert report["max_abs_error"] <= report["error_bound"] + 1e-6
+    gathers = [node for node in onnx.load(str(path)).graph.node if node.op_type == "GatherBlockQuantized"]
+    assert [attr.i for attr in gathers[0].attribute if attr.name == "block_size"] == [128]
+    per_row = dequantize_int4(*per_row_int4(model.tokens.weight.detach().numpy()))
+    blocked = dequantize_int4(*per_block_int4(model.tokens.weight.detach().numpy(), 128))
+    weight = model.tokens.weight.detach().numpy()
+    assert np.abs(blocked - weight).mean() <= np.abs(per_row - weight).mean()  # finer scales never hurt
+    with torch.no_grad():  # onnxruntime reads the blocks as the dequantized table says (rows come out fp16)
+        model.tokens.weight.copy_(torch.from_numpy(blocked))
+        want = model(torch.from_numpy(feeds["ids"])).numpy()
+    got = OrtRunner(path, threads=1)(feeds)[0]
+    assert np.abs(got - want).max() < 5e-4 and np.abs(got - expected).max() < 0.1
