@@ -11,12 +11,13 @@ from click.testing import CliRunner
 from edgepack.bundle.buckets import route, routed_counts
 from edgepack.bundle.check import verify_bundle
 from edgepack.bundle.files import Bundle, unlisted_files
+from edgepack.calibration.dataset import SampleSet
 from edgepack.cli.main import main
 from edgepack.errors import EXIT_OK, ConfigError, VerificationError
 from edgepack.recipe.load import parse_recipe
 from edgepack.recipe.schema import InputSpec
 from edgepack.registry import get_target
-from edgepack.targets.arm_tflite.buckets import OPTION, bucket_lengths
+from edgepack.targets.arm_tflite.buckets import OPTION, bucket_lengths, calibration_for_length
 from edgepack.text.tokenize import load_tokenizer, read_text_table
 from tests.helpers import base_recipe, read_tflite
 from tests.text.conftest import text_recipe
@@ -35,6 +36,21 @@ def test_rows_go_to_the_shortest_length_that_holds_their_tokens():
     holed = mask[[1]].copy()
     holed[0, 3], holed[0, 12] = 0, 1  # a hole and a kept token past it: the slice must keep position 12
     assert route(holed, [8, 16, 24]).tolist() == [16]
+
+
+def test_each_length_calibrates_on_the_rows_that_fit_it_or_on_every_row_cut():
+    mask = _mask([4, 6, 12, 20] * 8)  # 8 rows of each length
+    calibration = SampleSet(role="calibration", source="rows", arrays={"input_ids": mask * 7, "attention_mask": mask},
+                            labels=None, batch_size=8, sha256="0" * 64)
+    fitting, note = calibration_for_length(calibration, [8, 16, 24], 16)
+    assert note == "24 rows that fit" and fitting.arrays["attention_mask"].shape == (24, 16)
+    assert fitting.arrays["attention_mask"].sum(axis=1).max() == 12, "rows of 20 tokens left out"
+    long_rows = _mask([12] * 4 + [20] * 8)
+    few = SampleSet(role="calibration", source="rows", arrays={"input_ids": long_rows * 7, "attention_mask": long_rows},
+                    labels=None, batch_size=8, sha256="0" * 64)
+    cut, note = calibration_for_length(few, [8, 16, 24], 16)
+    assert note == "all 12 rows cut to 16 tokens (only 4 fit, fewer than 8)"
+    assert cut.arrays["input_ids"].shape == (12, 16)
 
 
 @pytest.mark.parametrize(("lengths", "problem"), [([8, 30], r"30 not in 1\.\.24 \(text\.max_length\)"),

@@ -116,6 +116,8 @@ class TfliteArmTarget(Target):
                 + (f"{bucket.evaluation_rows} held-out rows" if bucket.evaluation_rows is not None
                    else "rows not counted")
                 for bucket in buckets.buckets)))
+            total = sum(bucket.size_bytes for bucket in buckets.buckets)
+            facts.append(("size of the set", f"{total / 1e6:.1f} MB in {len(buckets.buckets)} files"))
             facts.append(("latency of the set", buckets.latency))
         return [*basic_summary(artifact), *facts]
 
