@@ -109,7 +109,10 @@ def build_fused_fp16(context: ExportContext, path: Path, *, keep_io_types: bool)
     except ExportError as exc:
         raise FusionUnavailable(str(exc)) from exc
     if not any(fused.get(op) for op in ATTENTION_OPS):
-        raise FusionUnavailable(f"onnxruntime's BERT optimizer fused no attention (fused: {fused or 'nothing'})")
+        variant = context.unquantized_onnx is not None and context.unquantized_onnx != context.float_onnx
+        raise FusionUnavailable(f"onnxruntime's BERT optimizer fused no attention (fused: {fused or 'nothing'})"
+                                + ("; the module handed to the target is a tuned variant (SmoothQuant scales or "
+                                   "bias correction), the only module an export context carries" if variant else ""))
     check = _fp32_check(fused32, context.unquantized_onnx or context.float_onnx, context)
     try:
         with quiet_python_output("onnxruntime"):
