@@ -156,5 +156,6 @@ def test_a_short_row_gives_the_same_output_on_the_short_and_the_full_model(bucke
     cut = TfliteRunner(folder / "model.int8.len8.tflite", threads=2)({name: array[:, :8]
                                                                        for name, array in rows.items()})[0]
     spread = float(np.abs(full).max())
-    assert np.abs(full - cut).max() <= 0.1 * spread, "within dynamic-range INT8 rounding of the same tokens"
+    # measured: identical (XNNPACK quantizes dynamic activations per token; masked pads change nothing)
+    assert np.abs(full - cut).max() <= 0.01 * spread, "within dynamic-range INT8 rounding of the same tokens"
     assert (full.argmax(axis=1) == cut.argmax(axis=1)).mean() >= 0.95
