@@ -9,8 +9,11 @@ scalar or a 1-D tensor as long as the quantized axis. Of the layouts it takes, a
 the one that commutes with a row Gather (every gathered row keeps its channel axis, so the DQ can be
 moved after the lookup) and it is close to per-row precision: on MiniLM-L6's word table 39 dB
 signal-to-noise against 43 dB per row and 27 dB per tensor; 39 dB against 15 dB per tensor on its
-position table, where one row dominates. onnxruntime's quantizer stores such tables per tensor
-(one scale), so the rewrite is done here on the graph.
+position table, where one row dominates. In the example's cuda INT8 graph (SmoothQuant, 1000
+held-out reviews, fake-quant on CPU) the word table's layout moved top-1 agreement little: float
+0.976, per channel 0.979, per row 0.976, per tensor 0.974; the file went from 0.64x to 0.25x of fp32.
+onnxruntime's quantizer stores such tables per tensor (one scale), so the rewrite is done here on
+the graph.
 """
 
 from __future__ import annotations
