@@ -34,7 +34,7 @@ from edgepack.device.golden import artifact_inputs, copy_device_script, write_go
 from edgepack.errors import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, ConfigError, EdgepackError, ExportError, describe
 from edgepack.evaluation import tasks
 from edgepack.evaluation.divergence import DivergenceRecord, onnx_divergence
-from edgepack.evaluation.divergence_pte import pte_divergence, requantize_like_target
+from edgepack.evaluation.divergence_pte import pte_divergence
 from edgepack.evaluation.divergence_tflite import tflite_divergence
 from edgepack.evaluation.drift import DriftReport, check_budget, collect_outputs
 from edgepack.evaluation.latency import measure_batches
@@ -434,9 +434,9 @@ def _localize(context: ExportContext, artifact: Artifact, runner: Runner, evalua
         if artifact.format == "tflite" and context.module is not None:
             return tflite_divergence(context.module, artifact.path, feeds, recipe.input_names, threads=threads,
                                      label=label)
-        if artifact.format == "pte" and context.module is not None:
-            quantized = requantize_like_target(context, recipe.input_names)
-            return pte_divergence(context.module, quantized, feeds, recipe.input_names,
+        if artifact.format == "pte" and context.module is not None and artifact.lowered_from is not None:
+            # the target's own quantized graph: nothing is quantized or calibrated again
+            return pte_divergence(context.module, artifact.lowered_from, feeds, recipe.input_names,
                                   verified_outputs=runner(feeds), label=label)
         return DivergenceRecord(artifact=label, samples=len(next(iter(feeds.values()))), layers=[],
                                 note=f"not localized: no layer-by-layer comparison for a {artifact.format} "

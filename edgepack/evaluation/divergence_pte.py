@@ -9,10 +9,11 @@ inputs and outputs, so its layers cannot be read from the file. What ExecuTorch 
 debugger's intermediate-output taps (`executorch.devtools.intermediate_output_tap`): chosen graph values become
 extra program outputs that survive partitioning, so the delegate itself computes and returns them.
 
-So the PT2E-converted graph the artifact is lowered from (re-quantized for the pipeline with the target's
-quantizer, observers and calibration set, `requantize_like_target`) is exported with each conv/linear layer's
-output tapped where its quantize node stores it (after the BatchNorm folded into it and its activation), lowered
-with `XnnpackPartitioner` as the target does, and run by `executorch.runtime`. The int8 taps are dequantized with
+So the quantized graph the artifact is lowered from (the PT2E-converted module, or the torchao-quantized one for
+4-bit weights, that the target hands over in `Artifact.lowered_from`: nothing is quantized or calibrated again)
+is exported with each conv/linear layer's output tapped where its quantize node stores it (after the BatchNorm
+folded into it and its activation), lowered with `XnnpackPartitioner` as the target does, and run by
+`executorch.runtime`. The int8 taps are dequantized with
 their quantize node's scale and zero point and compared with the float module's layers
 (edgepack.evaluation.divergence_torch), paired by order; the note gives how far this program's output is from the
 artifact's own on the same samples (0 when the re-lowered program reproduces the artifact).
@@ -20,6 +21,7 @@ artifact's own on the same samples (0 when the re-lowered program reproduces the
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Optional
 
 import numpy as np
@@ -35,10 +37,10 @@ from edgepack.evaluation.divergence_torch import (
 )
 from edgepack.model.tensors import as_tensors
 
-COMPARED = ("XNNPACK kernels via ExecuTorch on the PT2E graph the .pte is lowered from (in a pack: quantized again "
-            "as the target does, same settings and calibration set), lowered again with XnnpackPartitioner and every "
-            "conv/linear output tapped as a delegate output, vs the float torch module; each conv/linear output after "
-            "its folded BatchNorm and activation, dequantized")
+COMPARED = ("XNNPACK kernels via ExecuTorch on the quantized graph the .pte is lowered from (kept by the target's "
+            "export), lowered again with XnnpackPartitioner and every conv/linear output tapped as a delegate output, "
+            "vs the float torch module; each conv/linear output after its folded BatchNorm and activation, "
+            "dequantized")
 
 
 def _tap_points(graph) -> list[tuple[Any, Optional[tuple[float, int]]]]:
@@ -62,7 +64,7 @@ def xnnpack_layer_outputs(quantized_module, feeds: dict[str, np.ndarray], input_
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.intermediate_output_tap import FULL_TENSOR, strip_taps_, tap_intermediate_outputs_
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
     example = as_tensors(feeds, input_names)
@@ -70,9 +72,15 @@ def xnnpack_layer_outputs(quantized_module, feeds: dict[str, np.ndarray], input_
     points = _tap_points(program.graph_module.graph)
     tapped = {node for node, _ in points}
     program, specs = tap_intermediate_outputs_(program, [(lambda node: node in tapped, FULL_TENSOR)])
+    # Per-row embedding tables (torchao dequantize_affine -> embedding) stay outside XNNPACK; as in the target's
+    # export, the fusion pass turns them into embedding_byte / embedding_4bit (else: no out variant)
+    tables = any(op_name(node) == "embedding" and isinstance(node.args[0], torch.fx.Node)
+                 and op_name(node.args[0]) == "dequantize_affine" for node in program.graph.nodes)
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     strip_taps_(edge)
-    buffer = edge.to_executorch().buffer  # the loaded program reads this memory: keep a reference while it runs
+    # the loaded program reads this memory: keep a reference while it runs
+    buffer = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=tables)).buffer
+    importlib.import_module("executorch.kernels.quantized")  # registers embedding_byte in the runtime
     method = Runtime.get().load_program(buffer).load_method("forward")
     values = [output.numpy().copy() for output in method.execute(list(example))]
     output_of = {spec.node_name: spec.output_index for spec in specs}
@@ -88,8 +96,8 @@ def xnnpack_layer_outputs(quantized_module, feeds: dict[str, np.ndarray], input_
 def pte_divergence(module, quantized_module, feeds: dict[str, np.ndarray], input_names: list[str], *,
                    verified_outputs: Optional[list[np.ndarray]] = None, label: str = "model.int8.pte"
                    ) -> DivergenceRecord:
-    """Per-layer error of `quantized_module` (the PT2E graph a .pte is lowered from) run by XNNPACK through
-    ExecuTorch, against the float `module` on `feeds`, first jump named.
+    """Per-layer error of `quantized_module` (the graph a .pte is lowered from, `Artifact.lowered_from`) run by
+    XNNPACK through ExecuTorch, against the float `module` on `feeds`, first jump named.
 
     `verified_outputs` (the artifact's outputs on `feeds`) let the note say whether this program reproduces it."""
     reference = float_layers(module, feeds, input_names)
@@ -99,10 +107,3 @@ def pte_divergence(module, quantized_module, feeds: dict[str, np.ndarray], input
                           convert=lambda values, shape: values if values.shape == shape else None,
                           compared=COMPARED, note=note)
 
-
-def requantize_like_target(context, input_names: list[str]):
-    """The arm-xnnpack target's PT2E graph for `context`, quantized again as its export does (the target's own
-    quantize_for_xnnpack: quantizer configuration, observers, calibration set, embedding tables, float modules)."""
-    from edgepack.targets.arm_xnnpack.target import quantize_for_xnnpack
-
-    return quantize_for_xnnpack(context, input_names)[0].module

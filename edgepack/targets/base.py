@@ -47,6 +47,9 @@ class Artifact:
     runtime: str
     runtime_version: str
     details: dict[str, Any] = field(default_factory=dict)
+    # In memory only, never written to the bundle: the quantized torch module the artifact was lowered from
+    # (arm-xnnpack), so first-divergence localization re-lowers that graph instead of quantizing again.
+    lowered_from: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ def test_lists_every_builtin_target_with_methods_and_option_defaults(invoke):
     assert "ONNX INT8 (QDQ) for onnxruntime on x86 CPUs" in out
     assert "calibration methods: entropy, minmax, mse, percentile" in out
     assert "option isa (default 'portable')" in out and "option keep_io_types (default True)" in out
+    assert "option weight_bits (default 8)" in out and "option group_size (default 32)" in out
     assert "option sequence_lengths (default ()): text models: also export at these shorter" in out
 
 

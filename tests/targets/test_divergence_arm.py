@@ -1,6 +1,6 @@
 """First-divergence localization of the ARM artifacts: a .tflite read tensor by tensor in LiteRT, and the PT2E graph
-a .pte is lowered from, re-lowered to XNNPACK with its layers tapped; each against the float module, with one
-layer corrupted in the artifact or in its quantization."""
+a .pte is lowered from (kept by the target), re-lowered to XNNPACK with its layers tapped; each against the float
+module, with one layer corrupted in the artifact or in its quantization."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgepack.calibration.methods import MinMax
-from edgepack.evaluation.divergence_pte import pte_divergence, requantize_like_target
+from edgepack.evaluation.divergence_pte import pte_divergence
 from edgepack.evaluation.divergence_tflite import tflite_divergence
 from edgepack.model.onnx_export import export_float_onnx
 from edgepack.recipe.schema import InputSpec, QuantizationConfig
@@ -111,8 +111,8 @@ def test_a_model_it_cannot_pair_gets_a_note(tflite):
 @pytest.fixture(scope="module")
 def pte(tmp_path_factory):
     pytest.importorskip("executorch")
-    module, context, artifact = _export("arm-xnnpack", tmp_path_factory.mktemp("pte"))
-    return module, requantize_like_target(context, ["image"]), artifact.path
+    module, _, artifact = _export("arm-xnnpack", tmp_path_factory.mktemp("pte"))
+    return module, artifact.lowered_from, artifact.path
 
 
 def test_pte_taps_reproduce_the_artifact_and_name_every_layer(pte):
@@ -124,7 +124,7 @@ def test_pte_taps_reproduce_the_artifact_and_name_every_layer(pte):
                             verified_outputs=PteRunner(path, threads=1)(feeds))
     assert [layer.module for layer in record.layers] == MODULES
     assert all(0 < layer.relative_error < 0.2 for layer in record.layers[:3])
-    assert _gap(record.note) == 0.0, "the re-quantized, tapped program computes exactly what the .pte computes"
+    assert _gap(record.note) == 0.0, "the kept graph, tapped, computes exactly what the .pte computes"
     assert "XnnpackPartitioner" in record.compared
 
 

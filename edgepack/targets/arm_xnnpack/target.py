@@ -4,6 +4,9 @@ The float torch module is exported with a dynamic batch, quantized by ExecuTorch
 `XNNPACKQuantizer` (symmetric int8, per-channel weights) through torchao's PT2E prepare/convert,
 calibrated on the recipe's calibration set, then lowered with `to_edge_transform_and_lower` and
 `XnnpackPartitioner`. Inputs and outputs stay float32; quantize/dequantize run inside the delegate.
+A transformer (a model with an additive attention mask) gets dynamically quantized linear layers
+instead, with int8 weights or, with the option `weight_bits: 4`, int4 groupwise weights
+(edgepack.targets.arm_xnnpack.linear4).
 
 The .pte is self-describing: a constant method `edgepack_io` returns the input names as UTF-8
 JSON bytes, because ExecuTorch's method metadata carries shapes and dtypes but no names.
@@ -15,16 +18,19 @@ import importlib
 import importlib.metadata
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgepack.bundle.manifest import ArtifactEntry
-from edgepack.errors import ExportError, MissingDependencyError, describe
+from edgepack.errors import ConfigError, ExportError, MissingDependencyError, describe
 from edgepack.evaluation.runners import X86_BUILD_OF_ARM_KERNELS
 from edgepack.model.tensors import as_tensors
 from edgepack.quantization.transformer_int8 import additive_mask_constant
+from edgepack.targets.arm_xnnpack.linear4 import quantize_linears_4bit, weight_scheme
 from edgepack.targets.arm_xnnpack.tables import fused_table_ops, quantize_embeddings
 from edgepack.targets.base import Artifact, ExportContext, Summary, Target, basic_summary
 
@@ -33,17 +39,52 @@ IO_METHOD = "edgepack_io"
 MAX_BATCH = 256
 
 
+class XnnpackOptions(BaseModel):
+    """Options under `target_options.arm-xnnpack` in the recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weight_bits: Literal[8, 4] = Field(default=8, description=(
+        "weights of a transformer's dynamically quantized linear layers: 8 = int8 per output channel, 4 = int4 "
+        "per group of group_size input channels; int8 activations quantized at run time either way. Models "
+        "without an attention mask (static int8) take 8 only"))
+    # 32 by default: XNNPACK's smallest group, the most accurate; its bfloat16 scales add 0.5 bit per weight.
+    group_size: int = Field(default=32, ge=32, le=4096, multiple_of=32, description=(
+        "weight_bits 4 only: input channels sharing one scale, a multiple of 32 (XNNPACK's blockwise kernels)"))
+
+
+@dataclass(frozen=True)
+class XnnpackQuantized:
+    """The quantized torch module this target lowers, with what the manifest says of its quantization."""
+
+    module: Any  # a PT2E GraphModule (static or dynamic int8) or a torchao-quantized eager module (4-bit)
+    example: tuple  # the example batch it is exported with
+    tables: list  # edgepack.targets.arm_xnnpack.tables reports, one per quantized embedding table
+    weight_bits: int
+    details: dict[str, Any]
+
+
 class XnnpackArmTarget(Target):
     """INT8 ExecuTorch program, XNNPACK-delegated, float32 I/O, dynamic batch up to MAX_BATCH."""
 
     name = "arm-xnnpack"
-    description = "ExecuTorch .pte, INT8 (XNNPACKQuantizer) delegated to XNNPACK, for ARM CPUs"
+    description = ("ExecuTorch .pte, INT8 (XNNPACKQuantizer; optional int4 linear weights for transformers) delegated "
+                   "to XNNPACK, for ARM CPUs")
     extra = "arm"
     required_modules = ("executorch", "torchao")
     calibration_methods = frozenset({"minmax", "percentile"})
+    Options = XnnpackOptions
+
+    def parse_options(self, raw: dict) -> BaseModel:
+        """The recipe's options; a group size without 4-bit weights is refused rather than ignored."""
+        options = cast(XnnpackOptions, super().parse_options(raw))
+        if "group_size" in options.model_fields_set and options.weight_bits != 4:
+            raise ConfigError(f"target_options.{self.name}.group_size: applies to weight_bits 4 only "
+                              "(8-bit weights have one scale per output channel)")
+        return options
 
     def export(self, context: ExportContext) -> list[Artifact]:
-        """Quantize with PT2E + XNNPACKQuantizer on the calibration set, lower to XNNPACK, write model.int8.pte."""
+        """Quantize (PT2E + XNNPACKQuantizer on the calibration set, or int4 linear weights for a transformer with
+        `weight_bits` 4), lower to XNNPACK, write model.int8.pte (model.int4w.pte)."""
         if context.module is None:
             raise ExportError("target 'arm-xnnpack' needs a PyTorch model (model.factory or model.pickle); "
                               "it cannot start from an ONNX file")
@@ -53,10 +94,13 @@ class XnnpackArmTarget(Target):
 
         names = [spec.name for spec in context.inputs]
         started = time.perf_counter()
-        quantized, tables, example, mask_value = quantize_for_xnnpack(context, names)
+        options = context.options if isinstance(context.options, XnnpackOptions) else XnnpackOptions()
+        quantized = quantize_for_xnnpack(context, names, options)
+        example = quantized.example
         # A batch of 1 in the example would specialise the batch dimension; size >= 2 keeps it symbolic.
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-        path = context.out_dir / "model.int8.pte"
+        four_bit = quantized.weight_bits == 4
+        path = context.out_dir / ("model.int4w.pte" if four_bit else "model.int8.pte")
         try:
             program = torch.export.export(quantized.module, example, dynamic_shapes=tuple({0: batch} for _ in example))
             names_blob = torch.tensor(list(json.dumps({"inputs": names}).encode()), dtype=torch.uint8)
@@ -64,26 +108,32 @@ class XnnpackArmTarget(Target):
                                                constant_methods={IO_METHOD: names_blob})
             delegation = describe_delegation(edge.exported_program().graph_module)
             # The fusion pass turns dequantize_affine -> embedding into embedding_byte / embedding_4bit.
-            program_out = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=bool(tables)))
+            program_out = edge.to_executorch(ExecutorchBackendConfig(
+                do_quant_fusion_and_const_prop=bool(quantized.tables)))
             path.write_bytes(program_out.buffer)
         except Exception as exc:  # export and lowering raise many exception types
             raise ExportError(f"ExecuTorch could not lower the quantized model: {describe(exc)}") from exc
+        outside = delegation["non_delegated_ops"]
+        # torchao's tables also dequantize through dequantize_affine, read outside XNNPACK by design: one per table
+        stray = (sum(outside.get(op, 0) for op in ("aten_linear_default", "aten_addmm_default", "aten_mm_default"))
+                 + outside.get("torchao_dequantize_affine_default", 0) - len(quantized.tables))
+        if four_bit and stray:
+            raise ExportError(f"XNNPACK did not take every 4-bit linear layer: {stray} linear or weight "
+                              "dequantization ops stayed outside the delegate")
         seconds = time.perf_counter() - started
         details = describe_pte(path) | delegation
         details.update(layout="as exported (NCHW for images)", batch=f"dynamic, 1..{MAX_BATCH} per call "
                        "(the runner splits larger batches)", conversion_seconds=round(seconds, 1),
-                       calibration_method=context.method.model_dump(),
-                       quantizer="executorch XNNPACKQuantizer, symmetric int8, per-channel weights"
-                       + (", dynamic activations on linear layers (a transformer: the attention mask constant "
-                          f"{mask_value:.3g} stays out of every quantized range)" if mask_value is not None else ""),
-                       embedding_tables=tables, **quantized.details())
-        if tables:
+                       calibration_method=context.method.model_dump(), embedding_tables=quantized.tables,
+                       **quantized.details)
+        if quantized.tables:
             details["embedding_kernels"] = fused_table_ops(program_out)
             details["embedding_lookup"] = ("quantized_decomposed embedding kernels outside the delegate: the "
                                            "runtime must link ExecuTorch's quantized kernels library")
-        return [Artifact(target=self.name, path=path, format="pte", precision="int8-xnnpack",
+        return [Artifact(target=self.name, path=path, format="pte",
+                         precision="int8-int4w-xnnpack" if four_bit else "int8-xnnpack",
                          runtime="executorch", runtime_version=importlib.metadata.version("executorch"),
-                         details=details)]
+                         details=details, lowered_from=quantized.module)]
 
     def summarize(self, artifact: ArtifactEntry) -> Summary:
         """What XNNPACK runs and what stays outside the delegate, the batch range, the table kernels."""
@@ -94,6 +144,7 @@ class XnnpackArmTarget(Target):
                  ("not delegated", f"{structure.get('non_delegated_op_count', 0)} ops"
                                    + (": " + ", ".join(f"{op} {count}" for op, count in outside.items()) if outside
                                       else "")),
+                 ("weights", str(structure.get("weight_scheme", "—"))),
                  ("batch", str(structure.get("batch", "—")))]
         if structure.get("embedding_kernels"):
             facts.append(("embedding kernels", ", ".join(f"{kernel} {count}" for kernel, count
@@ -105,10 +156,10 @@ class XnnpackArmTarget(Target):
         return PteRunner(path, threads=threads)
 
 
-def quantize_for_xnnpack(context: ExportContext, names: list[str]):
-    """The PT2E-quantized module this target lowers, with its embedding tables, example batch and the
-    attention-mask constant (None for a model without one). Shared with edgepack.evaluation.divergence_pte,
-    which re-lowers the same graph with its conv outputs tapped."""
+def quantize_for_xnnpack(context: ExportContext, names: list[str], options: XnnpackOptions) -> XnnpackQuantized:
+    """The quantized module this target lowers: PT2E with XNNPACKQuantizer (static int8 calibrated on the
+    recipe's set; dynamic int8 linear layers for a transformer), or, for a transformer with `weight_bits` 4,
+    torchao's int4 groupwise weights with dynamic int8 activations (edgepack.targets.arm_xnnpack.linear4)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -120,17 +171,35 @@ def quantize_for_xnnpack(context: ExportContext, names: list[str]):
     # A transformer's additive attention mask (-3.4e38) would flatten every static activation range it
     # enters: its linear layers are quantized dynamically instead (edgepack.quantization.transformer_int8).
     mask_value = additive_mask_constant(context.float_onnx)
+    if options.weight_bits == 4 and mask_value is None:
+        raise ConfigError("target_options.arm-xnnpack.weight_bits: 4 applies to transformers (a model with an "
+                          "additive attention mask) only; this model is quantized statically, with 8-bit weights")
+    size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
+    example = example_batch(context.calibration, names, size)
+    # Tables first, on the eager module (see edgepack.targets.arm_xnnpack.tables); the quantizers leave them alone.
+    module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
+    mask_note = (f"the attention mask constant {mask_value:.3g} stays out of every quantized range"
+                 if mask_value is not None else "")
+    if options.weight_bits == 4:
+        quantized_module, layers = quantize_linears_4bit(module, group_size=options.group_size,
+                                                         float_modules=context.float_modules)
+        scheme = weight_scheme(options.group_size, layers)
+        details = {"quantizer": f"torchao Int8DynamicActivationIntxWeightConfig (a transformer: {mask_note})",
+                   "weight_scheme": scheme, "linear_layers": layers, "export_mode": "non-strict"}
+        return XnnpackQuantized(quantized_module, example, tables, 4, details)
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True) if mask_value is not None \
         else with_activation_observer(get_symmetric_quantization_config(is_per_channel=True), context.method)
     quantizer = XNNPACKQuantizer().set_global(config)
-    size = max(2, min(context.calibration.batch_size, context.calibration.num_samples))
-    example = example_batch(context.calibration, names, size)
-    # Tables first, on the eager module (see edgepack.targets.arm_xnnpack.tables); the static quantizer
-    # leaves them alone.
-    module, tables = quantize_embeddings(context.module, bits=context.quantization.embedding_bits)
-    quantized = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True,
-                                float_modules=context.float_modules)
-    return quantized, tables, example, mask_value
+    graph = calibrated_pt2e(module, example, context.calibration, quantizer, fold_quantize=True,
+                            float_modules=context.float_modules)
+    scheme = ("int8 weights, symmetric, a scale per output channel; "
+              + ("int8 activations quantized per call at run time (linear layers)" if mask_value is not None
+                 else "int8 activations, static ranges from calibration"))
+    details = {"quantizer": "executorch XNNPACKQuantizer, symmetric int8, per-channel weights"
+                            + (f", dynamic activations on linear layers (a transformer: {mask_note})"
+                               if mask_value is not None else ""),
+               "weight_scheme": scheme, **graph.details()}
+    return XnnpackQuantized(graph.module, example, tables, 8, details)
 
 
 def _load_program(path: Path):
