@@ -387,7 +387,7 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
                                 calibration=calibration, method=build.method,
                                 quantization=recipe.quantization, out_dir=out_dir, scratch_dir=scratch_dir,
                                 options=options, threads=recipe.latency.threads, float_modules=build.float_modules,
-                                unquantized_onnx=variants.float_onnx)
+                                unquantized_onnx=variants.float_onnx, unquantized_module=variants.module)
         with progress.step(f"{target.name}: building artifacts"):
             artifacts = target.export(context)
         results = []

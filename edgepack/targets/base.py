@@ -70,6 +70,9 @@ class ExportContext:
     # The float model's own fp32 ONNX when `float_onnx` is a variant made for quantization (bias-corrected:
     # not the same function); artifacts that are not quantized (fp16) are built from it. None: float_onnx.
     unquantized_onnx: Optional[Path] = None
+    # Likewise the float PyTorch module when `module` is such a variant (SmoothQuant scales stop attention
+    # fusion); None: module.
+    unquantized_module: Optional["torch.nn.Module"] = None
 
 
 class Target(ABC):

@@ -62,3 +62,6 @@ def test_tuned_smooth_quant_packs_x86_and_cuda_from_the_smoothed_model(tiny_text
     for name in ("x86", "cuda"):
         artifacts = bundle.manifest.targets[name].artifacts
         assert artifacts and all((bundle.folder / item.path).is_file() and item.passed for item in artifacts)
+    # fp16 is fused from the unquantized module: the smoothed one's Mul nodes would stop attention fusion
+    fp16 = next(item for item in bundle.manifest.targets["cuda"].artifacts if item.precision == "fp16")
+    assert fp16.structure["fused_attention"]["used"] is True, fp16.structure["fused_attention"]

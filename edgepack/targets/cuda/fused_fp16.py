@@ -97,7 +97,7 @@ def build_fused_fp16(context: ExportContext, path: Path, *, keep_io_types: bool)
     function)."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    module = context.module
+    module = context.unquantized_module or context.module
     heads, hidden = int(getattr(module, "num_heads", 0) or 0), int(getattr(module, "hidden_size", 0) or 0)
     if module is None or not heads or not hidden:
         raise FusionUnavailable("needs a PyTorch transformer with a known head count and hidden size "
@@ -109,10 +109,10 @@ def build_fused_fp16(context: ExportContext, path: Path, *, keep_io_types: bool)
     except ExportError as exc:
         raise FusionUnavailable(str(exc)) from exc
     if not any(fused.get(op) for op in ATTENTION_OPS):
-        variant = context.unquantized_onnx is not None and context.unquantized_onnx != context.float_onnx
+        variant = context.unquantized_module is None and context.unquantized_onnx not in (None, context.float_onnx)
         raise FusionUnavailable(f"onnxruntime's BERT optimizer fused no attention (fused: {fused or 'nothing'})"
                                 + ("; the module handed to the target is a tuned variant (SmoothQuant scales or "
-                                   "bias correction), the only module an export context carries" if variant else ""))
+                                   "bias correction) and no unquantized module came with it" if variant else ""))
     check = _fp32_check(fused32, context.unquantized_onnx or context.float_onnx, context)
     try:
         with quiet_python_output("onnxruntime"):
