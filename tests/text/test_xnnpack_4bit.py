@@ -145,3 +145,15 @@ def test_4bit_weights_are_refused_for_a_model_without_attention_mask(tmp_path):
     with pytest.raises(ConfigError, match=r"weight_bits: 4 applies to transformers .* only"):
         target.export(context)
     assert not any(context.out_dir.iterdir())
+
+
+def test_float_modules_stay_float_and_a_group_dividing_no_layer_is_refused():
+    from edgepack.targets.arm_xnnpack.linear4 import quantize_linears_4bit
+
+    module = seeded(lambda: nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4), nn.Linear(4, 2)))
+    quantized, layers = quantize_linears_4bit(module, group_size=32, float_modules=("2",))
+    assert layers == {"int4_layers": 1, "int8_layers": ["3"], "float_layers": ["2"]}
+    assert type(quantized[2].weight) is nn.Parameter and type(quantized[0].weight) is not nn.Parameter
+    assert type(module[0].weight) is nn.Parameter, "the float model is left as it was"
+    with pytest.raises(ConfigError, match=r"group_size: 64 divides the input width of none"):
+        quantize_linears_4bit(module, group_size=64, float_modules=("0",))

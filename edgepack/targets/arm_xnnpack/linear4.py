@@ -41,7 +41,8 @@ def quantize_linears_4bit(module, *, group_size: int, float_modules: tuple[str, 
     eight_bit = sorted(name for name in linears if name not in kept_float and name not in four_bit)
     if not four_bit:
         raise ConfigError(f"target_options.arm-xnnpack.group_size: {group_size} divides the input width of none of "
-                          f"the model's {len(linears)} linear layers; use a smaller multiple of 32")
+                          f"the model's {len(linears) - len(kept_float)} quantized linear layers (of {len(linears)}); "
+                          "use a smaller multiple of 32")
     for dtype, granularity, chosen in ((torch.int4, PerGroup(group_size), set(four_bit)),  # type: ignore[attr-defined]
                                        (torch.int8, PerAxis(0), set(eight_bit))):
         if chosen:
