@@ -144,9 +144,11 @@ def save_student(result: CompressionResult, example: dict[str, np.ndarray], name
     from edgepack.text.prune import reload_difference, save_encoder
 
     tensors = as_tensors({k: v[:4] for k, v in example.items()}, names)
-    saved, encoder = folder / "huggingface", getattr(result.module, "model")
-    files = save_encoder(encoder, saved, result.huggingface)
-    return reload_difference(saved, encoder, tensors), files
+    saved, vocabulary = folder / "huggingface", getattr(result.module, "vocabulary", None)
+    files = save_encoder(getattr(result.module, "model"), saved, result.huggingface)
+    if vocabulary is not None:  # the kept token rows (edgepack.text.vocab), read back by the loader
+        files = sorted([*files, vocabulary.save(saved)])
+    return reload_difference(saved, result.module, tensors), files
 
 
 def compression_manifest(result: CompressionResult, *, latency: dict, reload_difference: float) -> dict:

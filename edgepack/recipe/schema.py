@@ -169,6 +169,14 @@ def _layer_list(layers: Optional[list[int]]) -> Optional[list[int]]:
 EncoderLayers = Annotated[Optional[list[int]], AfterValidator(_layer_list)]
 
 
+class VocabularyConfig(_Section):
+    """Encoders: keep the token-embedding rows of tokens the distillation and calibration texts use."""
+
+    min_count: int = Field(1, ge=1, description="keep tokens seen at least this often in the distillation and "
+                           "calibration texts (the tokenizer's special tokens always stay)")
+    max_tokens: Optional[int] = Field(None, ge=2, description="at most this many, the most frequent")
+
+
 class PruneConfig(_Section):
     """Structured pruning: torch-pruning's dependency graph to a MACs/params `ratio`, or, for a Hugging Face
     encoder (model.huggingface), whole attention heads, FFN channels and layers (edgepack.text.prune)."""
@@ -188,11 +196,13 @@ class PruneConfig(_Section):
     ffn: float = Field(0.0, ge=0.0, lt=1.0, description="encoders: fraction of each layer's FFN channels to remove")
     layers: EncoderLayers = Field(None, min_length=1, description="encoders: indices of the layers to keep "
                                   "(default: all)")
+    vocabulary: Optional[VocabularyConfig] = Field(None, description="encoders: trim the token table to the "
+                                                   "tokens the data uses; other ids read as [UNK]")
 
     @property
     def encoder(self) -> bool:
-        """Whether the encoder fields (heads, ffn, layers) are used."""
-        return self.heads > 0 or self.ffn > 0 or self.layers is not None
+        """Whether the encoder fields (heads, ffn, layers, vocabulary) are used."""
+        return self.heads > 0 or self.ffn > 0 or self.layers is not None or self.vocabulary is not None
 
 
 class LowRankConfig(_Section):
@@ -401,10 +411,12 @@ def _encoder_compression_problems(recipe: "Recipe") -> list[str]:
         if prune.ratio is not None:
             problems.append("prune.ratio: a Hugging Face encoder is pruned by prune.heads, prune.ffn and prune.layers")
         elif not prune.encoder:
-            problems.append("prune: give prune.heads, prune.ffn or prune.layers for a Hugging Face encoder")
+            problems.append("prune: give prune.heads, prune.ffn, prune.layers or prune.vocabulary for a Hugging Face "
+                            "encoder")
     if prune is not None and not encoder_model:
         if prune.encoder:
-            problems.append("prune.heads, prune.ffn, prune.layers: only for model.huggingface; use prune.ratio")
+            problems.append("prune.heads, prune.ffn, prune.layers, prune.vocabulary: only for model.huggingface; use "
+                            "prune.ratio")
         elif prune.ratio is None:
             problems.append("prune.ratio: required (fraction of MACs or parameters to remove)")
     if distill is not None and not encoder_model:

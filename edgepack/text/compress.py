@@ -4,8 +4,9 @@ distilled by the one before)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -15,11 +16,12 @@ from edgepack.compression.prune import PruneResult
 from edgepack.errors import ConfigError
 from edgepack.model.tensors import as_tensors, count_macs_and_params
 from edgepack.progress import Progress
-from edgepack.recipe.schema import PruneConfig, Recipe
-from edgepack.text.bundle import recipe_reader
+from edgepack.recipe.schema import PruneConfig, Recipe, VocabularyConfig
+from edgepack.text.bundle import recipe_reader, recipe_tokenizer
 from edgepack.text.distill import distill_encoder
 from edgepack.text.huggingface import LogitsOnly
 from edgepack.text.prune import EncoderPruning, EncoderShape, ffn_width, heads_per_layer, layers_of, prune_encoder
+from edgepack.text.vocab import VocabularyTrim, check_trim, choose_tokens, token_counts, trim_embeddings
 
 IMPORTANCE_SAMPLES = 128
 IMPORTANCE_BATCH = 32
@@ -75,6 +77,24 @@ def _layer_map(recipe: Recipe, cut: EncoderPruning, parent_count: int) -> list[i
     return list(recipe.distill.layer_map)
 
 
+def _trim_vocabulary(student: LogitsOnly, config: VocabularyConfig, texts: list[dict], recipe: Recipe,
+                     batch: tuple[torch.Tensor, ...]) -> tuple[LogitsOnly, VocabularyTrim, dict]:
+    """The student with only the token rows `texts` use (edgepack.text.vocab), and its self-check."""
+    tokenizer = recipe_tokenizer(recipe)
+    assert tokenizer is not None, "an encoder recipe has a text section"
+    backend = tokenizer.backend
+    if backend.unk_token_id is None:
+        raise ConfigError("prune.vocabulary: the tokenizer has no unknown token for the ids it drops")
+    encoder: Any = student.model
+    counts = token_counts(texts, encoder.get_input_embeddings().num_embeddings)
+    trim = choose_tokens(counts, min_count=config.min_count, max_tokens=config.max_tokens,
+                         always=backend.all_special_ids, unknown_id=int(backend.unk_token_id))
+    trimmed = copy.deepcopy(student.model)
+    trim_embeddings(trimmed, trim)
+    result = LogitsOnly(trimmed, trim).eval()
+    return result, trim, check_trim(student.eval(), result, (batch[0], batch[1]), trim)
+
+
 def compress_encoder(teacher: LogitsOnly, recipe: Recipe, calibration: SampleSet,
                      quality: Callable[[torch.nn.Module], float], progress: Progress) -> EncoderCompression:
     """Prune (and distill) `teacher` as the recipe's `prune` and `distill` sections say."""
@@ -114,6 +134,18 @@ def compress_encoder(teacher: LogitsOnly, recipe: Recipe, calibration: SampleSet
                        f"{shape.ffn} per layer ({prune.importance} importance), self-checking every layer"):
         cut = prune_encoder(parent.model, shape, importance=prune.importance, batches=batches, forward=_logits)
     student = LogitsOnly(cut.model)
+    vocabulary = None
+    if prune.vocabulary is not None:
+        texts = [calibration.arrays] + ([data.arrays] if data is not None else [])
+        with progress.step("trimming the token table to the tokens the distillation and calibration texts use"):
+            student, vocabulary, check = _trim_vocabulary(student, prune.vocabulary, texts, recipe, batches[0])
+        checks = (*cut.checks, check)
+        notes.append(f"vocabulary: kept {len(vocabulary.kept):,} of {vocabulary.original_size:,} token rows (seen at "
+                     f"least {prune.vocabulary.min_count}x in the " + ("distillation and " if data is not None else "")
+                     + "calibration texts, plus the special tokens); other ids read as [UNK] "
+                     f"(id {vocabulary.unknown_id}) through a lookup table in the model")
+    else:
+        checks = cut.checks
     accuracy["pruned"] = quality(student)
     report: Optional[DistillReport] = None
     if distill is not None and data is not None:
@@ -133,13 +165,15 @@ def compress_encoder(teacher: LogitsOnly, recipe: Recipe, calibration: SampleSet
     for index, origin in enumerate(teacher_layers):
         layers[f"encoder.layer.{index}.attention.heads"] = (heads_before, shape.heads)
         layers[f"encoder.layer.{index}.intermediate"] = (ffn_before, shape.ffn)
+    if vocabulary is not None:
+        layers["embeddings.word_embeddings.rows"] = (vocabulary.original_size, len(vocabulary.kept))
     notes.insert(0, f"encoder: kept teacher layers {teacher_layers}; per layer {shape.heads} of {heads_before} heads "
                  f"and {shape.ffn} of {ffn_before} FFN channels; config num_hidden_layers, intermediate_size and "
                  "pruned_heads rewritten")
     notes.append("heads kept (teacher indices of the parent layer): "
                  + "; ".join(f"layer {index}: {list(heads)}" for index, heads in enumerate(cut.kept_heads)))
     pruning = PruneResult(module=student, params_before=params_before, params_after=params_after,
-                          macs_before=macs_before, macs_after=macs_after, layers=layers, checks=cut.checks,
+                          macs_before=macs_before, macs_after=macs_after, layers=layers, checks=checks,
                           notes=tuple(notes))
     return EncoderCompression(student=student, pruning=pruning, distillation=report, accuracy=accuracy,
                               macs_after=macs_after, params_after=params_after)

@@ -74,7 +74,7 @@ def _trimmed(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 def _run(model: LogitsOnly, batch: tuple[torch.Tensor, ...], *, features: bool):
     if not features:
         return model(*batch), None, None
-    output = model.model(input_ids=batch[0], attention_mask=batch[1], output_hidden_states=True,
+    output = model.model(input_ids=model.model_ids(batch[0]), attention_mask=batch[1], output_hidden_states=True,
                          output_attentions=True)
     return output.logits, output.hidden_states, output.attentions
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from edgepack.errors import MissingDependencyError, ModelLoadError, describe
+from edgepack.text.vocab import VOCABULARY_FILE, VocabularyTrim
 
 
 class LogitsOnly(torch.nn.Module):
@@ -19,9 +21,13 @@ class LogitsOnly(torch.nn.Module):
     needs them. A head-pruned encoder (edgepack.text.prune) keeps the same head count in every layer:
     the config's count minus the heads its `pruned_heads` removed from a layer."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, vocabulary: Optional[VocabularyTrim] = None):
         super().__init__()
         self.model = model
+        # a trimmed vocabulary (edgepack.text.vocab): tokenizer id -> embedding row, int32
+        self.vocabulary = vocabulary
+        self.token_map: Optional[torch.Tensor]
+        self.register_buffer("token_map", None if vocabulary is None else vocabulary.token_map(), persistent=False)
         config = model.config
         pruned = getattr(config, "pruned_heads", None) or {}
         removed = len(next(iter(pruned.values()))) if pruned else 0
@@ -29,9 +35,14 @@ class LogitsOnly(torch.nn.Module):
         self.hidden_size = int(getattr(config, "hidden_size", 0) or 0)
         self.model_type = str(getattr(config, "model_type", ""))
 
+    def model_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's token ids for the tokenizer's `input_ids` (the same unless the vocabulary was
+        trimmed)."""
+        return input_ids if self.token_map is None else self.token_map[input_ids].long()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the wrapped model."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.model(input_ids=self.model_ids(input_ids), attention_mask=attention_mask).logits
 
 
 def load_huggingface(folder: Path) -> LogitsOnly:
@@ -55,4 +66,8 @@ def load_huggingface(folder: Path) -> LogitsOnly:
                 str(folder), local_files_only=True, attn_implementation="eager", use_safetensors=True)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for broken folders
         raise ModelLoadError(f"{folder}: cannot load a sequence classifier: {describe(exc)}") from exc
-    return LogitsOnly(model.eval()).eval()
+    try:
+        vocabulary = VocabularyTrim.read(folder)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{folder}: unreadable {VOCABULARY_FILE}: {describe(exc)}") from exc
+    return LogitsOnly(model.eval(), vocabulary).eval()

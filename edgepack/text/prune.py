@@ -302,12 +302,14 @@ def save_encoder(model: Any, folder: Path, tokenizer_source: Optional[Path]) -> 
     return sorted(path for path in folder.iterdir() if path.is_file())
 
 
-def reload_difference(folder: Path, model: Any, inputs: tuple[torch.Tensor, ...]) -> float:
-    """Max abs difference between `model` and the classifier reloaded from `folder` on `inputs`."""
-    reloaded = load_pruned(folder)
+def reload_difference(folder: Path, student: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Max abs difference between `student` (a LogitsOnly) and the classifier edgepack's loader reads back
+    from `folder` on `inputs`."""
+    from edgepack.text.huggingface import load_huggingface
+
+    reloaded = load_huggingface(folder)
     with torch.no_grad():
-        want = model(input_ids=inputs[0], attention_mask=inputs[1]).logits
-        got = reloaded(input_ids=inputs[0], attention_mask=inputs[1]).logits
+        want, got = student(*inputs[:2]), reloaded(*inputs[:2])
     if want.shape != got.shape:
         return float("inf")
     return float(np.abs((want - got).numpy()).max())

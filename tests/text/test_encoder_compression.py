@@ -67,7 +67,7 @@ def test_the_pruned_folder_reloads_alone_with_the_same_outputs(teacher, encoded,
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     assert config["intermediate_size"] == 48 and set(config["pruned_heads"]) == {"0", "1"}
     batch = _batches(encoded[1])[0]
-    assert reload_difference(tmp_path / "pruned", cut.model, batch) < 1e-5
+    assert reload_difference(tmp_path / "pruned", LogitsOnly(cut.model), batch) < 1e-5
     reloaded = load_huggingface(tmp_path / "pruned")  # the recipe's loader: model.huggingface pointing at it
     with torch.no_grad():
         assert torch.allclose(reloaded(*batch), _logits(cut.model, batch), atol=1e-5)
@@ -82,7 +82,7 @@ def test_dropping_layers_rewrites_num_hidden_layers(teacher, encoded, tmp_path):
     assert not getattr(cut.model.config, "pruned_heads", None)
     save_encoder(cut.model, tmp_path / "one", None)
     assert json.loads((tmp_path / "one" / "config.json").read_text())["num_hidden_layers"] == 1
-    assert reload_difference(tmp_path / "one", cut.model, _batches(encoded[1])[0]) < 1e-5
+    assert reload_difference(tmp_path / "one", LogitsOnly(cut.model), _batches(encoded[1])[0]) < 1e-5
 
 
 def test_distillation_brings_the_student_closer_to_the_teacher_on_held_out_text(teacher, encoded):
@@ -132,5 +132,5 @@ def test_encoder_fields_are_refused_for_other_models(tmp_path):
     recipe = {"name": "m", "model": {"factory": "m:f", "weights": "w.pt"},
               "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
               "calibration": {"path": "c.npz"}, "evaluation": {"path": "e.npz"}, "prune": {"heads": 0.5}}
-    with pytest.raises(ConfigError, match="prune.heads, prune.ffn, prune.layers: only for model.huggingface"):
+    with pytest.raises(ConfigError, match="prune.layers, prune.vocabulary: only for model.huggingface"):
         parse_recipe(recipe, source="recipe.yaml", base_dir=tmp_path)
