@@ -404,6 +404,7 @@ def _run_target(target: Target, options, recipe: Recipe, variants: VariantCache,
             if not drift.passed and "int8" in artifact.precision:
                 with progress.step(f"{target.name}: localizing where {artifact.path.name} diverges"):
                     divergence = _localize(context, artifact, runner, evaluation, recipe, stage)
+            artifact = dataclasses.replace(artifact, lowered_from=None)  # its quantized module is no longer needed
             results.append(ArtifactResult(artifact=artifact, relative_path=str(artifact.path.relative_to(stage)),
                                           sha256=sha256_file(artifact.path), size_bytes=artifact.path.stat().st_size,
                                           drift=drift, latency=latency, validated_on=validated_on(artifact, runner),
