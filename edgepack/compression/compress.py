@@ -141,7 +141,8 @@ def save_student(result: CompressionResult, example: dict[str, np.ndarray], name
     if result.huggingface is None:
         path = folder / "model.pt2"
         return save_compressed(result, example, names, path), [path]
-    from edgepack.text.prune import reload_difference, save_encoder
+    from edgepack.text.huggingface import reload_difference
+    from edgepack.text.prune import save_encoder
 
     tensors = as_tensors({k: v[:4] for k, v in example.items()}, names)
     saved, vocabulary = folder / "huggingface", getattr(result.module, "vocabulary", None)

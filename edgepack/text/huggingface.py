@@ -71,3 +71,14 @@ def load_huggingface(folder: Path) -> LogitsOnly:
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{folder}: unreadable {VOCABULARY_FILE}: {describe(exc)}") from exc
     return LogitsOnly(model.eval(), vocabulary).eval()
+
+
+def reload_difference(folder: Path, student: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    """Max abs difference between `student` (a LogitsOnly) and the classifier this loader reads back from
+    `folder` on `inputs`."""
+    reloaded = load_huggingface(folder)
+    with torch.no_grad():
+        want, got = student(*inputs[:2]), reloaded(*inputs[:2])
+    if want.shape != got.shape:
+        return float("inf")
+    return float((want - got).abs().max())

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -300,16 +299,3 @@ def save_encoder(model: Any, folder: Path, tokenizer_source: Optional[Path]) -> 
         if tokenizer_source is not None and (tokenizer_source / name).is_file():
             shutil.copyfile(tokenizer_source / name, folder / name)
     return sorted(path for path in folder.iterdir() if path.is_file())
-
-
-def reload_difference(folder: Path, student: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
-    """Max abs difference between `student` (a LogitsOnly) and the classifier edgepack's loader reads back
-    from `folder` on `inputs`."""
-    from edgepack.text.huggingface import load_huggingface
-
-    reloaded = load_huggingface(folder)
-    with torch.no_grad():
-        want, got = student(*inputs[:2]), reloaded(*inputs[:2])
-    if want.shape != got.shape:
-        return float("inf")
-    return float(np.abs((want - got).numpy()).max())

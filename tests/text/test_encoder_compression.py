@@ -13,8 +13,8 @@ from edgepack.errors import ConfigError
 from edgepack.recipe.load import parse_recipe
 from edgepack.recipe.schema import DistillConfig
 from edgepack.text.distill import distill_encoder, uniform_layer_map
-from edgepack.text.huggingface import LogitsOnly, load_huggingface
-from edgepack.text.prune import prune_encoder, reload_difference, save_encoder, shape_for
+from edgepack.text.huggingface import LogitsOnly, load_huggingface, reload_difference
+from edgepack.text.prune import prune_encoder, save_encoder, shape_for
 from edgepack.text.spec import TextConfig
 from edgepack.text.tokenize import load_tokenizer
 from tests.text.conftest import text_recipe

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 from edgepack.errors import PruningError
 from edgepack.pipeline import pack
 from edgepack.recipe.load import parse_recipe
-from edgepack.text.huggingface import LogitsOnly, load_huggingface
-from edgepack.text.prune import reload_difference, save_encoder
+from edgepack.text.huggingface import LogitsOnly, load_huggingface, reload_difference
+from edgepack.text.prune import save_encoder
 from edgepack.text.spec import TextConfig
 from edgepack.text.tokenize import load_tokenizer
 from edgepack.text.vocab import VOCABULARY_FILE, check_trim, choose_tokens, token_counts, trim_embeddings
