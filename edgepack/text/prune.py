@@ -216,7 +216,8 @@ def drop_layers(model: Any, keep: tuple[int, ...]) -> None:
     model.config.num_hidden_layers = len(keep)
 
 
-def _relative_difference(before: torch.Tensor, after: torch.Tensor) -> float:
+def relative_difference(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Largest absolute change of `after` from `before`, relative to the largest magnitude of `before`."""
     return float((before - after).abs().max()) / max(float(before.abs().max()), 1e-6)
 
 
@@ -243,7 +244,7 @@ def prune_encoder(model: Any, shape: EncoderShape, *, importance: str,
         remove_heads(layer, heads_keep, size)
         remove_ffn(layer, ffn_keep)
         with torch.no_grad():
-            difference = _relative_difference(before, forward(model, example))
+            difference = relative_difference(before, forward(model, example))
         checks.append({"step": 1, "group": f"encoder.layer.{index} (from {shape.layers[index]})",
                        "channels": (heads_before - len(heads_keep)) * size + ffn_before - len(ffn_keep),
                        "max_relative_difference": difference, "checked": True})

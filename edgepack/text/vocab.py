@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edgepack.errors import ConfigError, PruningError
+from edgepack.text.prune import relative_difference
 
 VOCABULARY_FILE = "edgepack_vocabulary.json"
 RELATIVE_TOLERANCE = 1e-5
@@ -119,7 +120,7 @@ def check_trim(before: nn.Module, after: nn.Module, batch: tuple[torch.Tensor, t
                 "channels": trim.original_size - len(trim.kept), "step": 1}
     with torch.no_grad():
         want, got = before(ids[rows], mask[rows]), after(ids[rows], mask[rows])
-    difference = float((want - got).abs().max()) / max(float(want.abs().max()), 1e-6)
+    difference = relative_difference(want, got)
     if difference > RELATIVE_TOLERANCE:
         raise PruningError(f"trimming the vocabulary changed the logits of texts whose tokens were all kept by "
                            f"{difference:.3g} (relative): the row mapping is wrong")
